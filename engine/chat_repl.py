@@ -1,0 +1,89 @@
+"""`cellar chat`: a terminal chat that streams replies; Ctrl+C stops a reply, Ctrl+D leaves.
+
+Each turn evaluates only the new tokens: the conversation stays in the KV cache and the runtime
+reuses the common prefix. Commands: /reset, /save FILE, /exit.
+"""
+from __future__ import annotations
+
+import sys
+
+from engine.prompting import chat_tokens, raw_tokens
+from engine.sampling import Sampler
+
+
+def chat_loop(model, args, params) -> int:
+    sampler = Sampler(params)
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[int] = []
+    if args.load_session:
+        from engine import session
+        info = session.load(model, args.load_session)
+        history = list(info.tokens)
+        messages = list(info.extra.get("messages", messages))
+        print(f"[restored {len(history)} tokens from {args.load_session}]", file=sys.stderr)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"Chatting with {model.gguf.path.name} (ctx {model.n_ctx}). Ctrl+C stops a reply, "
+              "Ctrl+D or /exit leaves, /reset starts over, /save FILE keeps the session.", file=sys.stderr)
+    cancel = {"flag": False}
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            messages = [m for m in messages if m["role"] == "system"]
+            history = []
+            model.reset()
+            print("[conversation cleared]", file=sys.stderr)
+            continue
+        if text.startswith("/save"):
+            parts = text.split(maxsplit=1)
+            if len(parts) < 2:
+                print("[usage: /save FILE]", file=sys.stderr)
+                continue
+            from engine import session
+            session.save(model, parts[1], tokens=history, sampler=sampler,
+                         extra={"messages": messages, "raw": bool(args.raw)})
+            print(f"[saved {len(history)} tokens to {parts[1]}]", file=sys.stderr)
+            continue
+        if args.raw:
+            prompt = history + raw_tokens(model, line, continuing=bool(history))
+        else:
+            messages.append({"role": "user", "content": line})
+            prompt = chat_tokens(model, messages)
+        cancel["flag"] = False
+
+        def on_token(tid, piece):
+            if piece:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+        try:
+            res = model.generate(prompt, args.n_predict, sampler, on_token=on_token,
+                                 should_cancel=lambda: cancel["flag"])
+        except KeyboardInterrupt:
+            cancel["flag"] = True
+            print("\n[stopped]", file=sys.stderr)
+            history = model.cached_tokens()
+            continue
+        sys.stdout.write("\n")
+        history = list(prompt) + list(res.tokens)
+        if not args.raw:
+            messages.append({"role": "assistant", "content": res.text})
+        rate = len(res.tokens) / res.t_gen_s if res.t_gen_s > 0 else 0.0
+        print(f"[{res.n_eval} evaluated, {len(res.tokens)} generated, {rate:.1f} tok/s]", file=sys.stderr)
+    if args.save_session and history:
+        from engine import session
+        session.save(model, args.save_session, tokens=history, sampler=sampler,
+                     extra={"messages": messages, "raw": bool(args.raw)})
+    model.close()
+    return 0
