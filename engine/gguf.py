@@ -161,7 +161,7 @@ def describe_non_gguf(head: bytes) -> str:
         return "a Python pickle"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**32:
         return "a safetensors file"
-    lowered = head.lstrip()[:15].lower()
+    lowered = head.lstrip()[:32].lower()
     if lowered.startswith((b"<!doctype", b"<html")):
         return "an HTML page (a download that saved an error page?)"
     if lowered.startswith(b"version https://git-lfs"):
