@@ -99,3 +99,142 @@ def row_nbytes(qtype: GGMLType, n_cols: int) -> int:
     if n_cols % block:
         raise ValueError(f"{GGMLType(qtype).name} rows need a multiple of {block} elements, got {n_cols}")
     return n_cols // block * nbytes
+
+
+def _n_blocks(raw, qtype: GGMLType, shape) -> tuple[int, int]:
+    block, nb = BLOCK[qtype]
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        raise ValueError("a tensor shape needs at least one dimension")
+    need = row_nbytes(qtype, shape[-1]) * prod(shape[:-1])
+    have = raw.numel() if hasattr(raw, "numel") else raw.size
+    if have != need:
+        raise ValueError(f"{qtype.name} tensor of shape {list(shape)} needs {need} bytes, got {have}")
+    return need // nb, nb
+
+
+# ---- numpy reference: one function per type, blocks (n, bytes per block) uint8 -> (n, elements) f32
+def _f16(b: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(b).view(np.float16).astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 16) bytes -> (n, 32): low nibbles are elements 0..15, high nibbles 16..31."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _bits32(qh: np.ndarray) -> np.ndarray:
+    """(n, 4) bytes -> (n, 32) bits, little-endian: bit i belongs to element i."""
+    return np.unpackbits(np.ascontiguousarray(qh), axis=-1, bitorder="little")
+
+
+def _scale_min_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: 12 bytes -> 8 six-bit scales and 8 six-bit mins (ggml's get_scale_min_k4)."""
+    a, b, c = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    sc = np.concatenate([a & 63, (c & 0x0F) | ((a >> 6) << 4)], axis=-1)
+    mn = np.concatenate([b & 63, (c >> 4) | ((b >> 6) << 4)], axis=-1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _np_q4_0(b):
+    return _f16(b[:, :2]) * (_nibbles(b[:, 2:]).astype(np.int8) - 8).astype(np.float32)
+
+
+def _np_q4_1(b):
+    return _nibbles(b[:, 4:]).astype(np.float32) * _f16(b[:, :2]) + _f16(b[:, 2:4])
+
+
+def _np_q5_0(b):
+    q = (_nibbles(b[:, 6:]) | (_bits32(b[:, 2:6]) << 4)).astype(np.int8) - 16
+    return _f16(b[:, :2]) * q.astype(np.float32)
+
+
+def _np_q5_1(b):
+    q = (_nibbles(b[:, 8:]) | (_bits32(b[:, 4:8]) << 4)).astype(np.float32)
+    return q * _f16(b[:, :2]) + _f16(b[:, 2:4])
+
+
+def _np_q8_0(b):
+    return _f16(b[:, :2]) * b[:, 2:].view(np.int8).astype(np.float32)
+
+
+def _np_q2_k(b):
+    n = len(b)
+    scales, qs = b[:, :16], b[:, 16:80]
+    d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
+    dl = (d * (scales & 0x0F).astype(np.float32))[:, :, None]
+    ml = (dmin * (scales >> 4).astype(np.float32))[:, :, None]
+    q = (qs.reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3
+    return (dl * q.reshape(n, 16, 16).astype(np.float32) - ml).reshape(n, QK_K)
+
+
+def _np_q3_k(b):
+    n = len(b)
+    hmask, qs, s = b[:, :32], b[:, 32:96], b[:, 96:108]
+    d = _f16(b[:, 108:110])
+    low = np.concatenate([s[:, 0:8] & 0x0F, s[:, 0:8] >> 4], axis=-1)
+    high = (s[:, 8:12].reshape(n, 1, 4) >> np.array([0, 2, 4, 6], np.uint8)[:, None]).reshape(n, 16) & 3
+    scales = (low | (high << 4)).astype(np.int8) - 32
+    dl = (d * scales.astype(np.float32))[:, :, None]
+    ql = (qs.reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3
+    hm = (hmask.reshape(n, 1, 32) >> np.arange(8, dtype=np.uint8)[:, None]) & 1
+    q = ql.reshape(n, 16, 16).astype(np.int8) - ((hm.reshape(n, 16, 16) ^ 1) << 2).astype(np.int8)
+    return (dl * q.astype(np.float32)).reshape(n, QK_K)
+
+
+def _np_q4_k(b):
+    n = len(b)
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16])
+    q = (b[:, 16:].reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]) & 0x0F
+    return ((d * sc)[:, :, None] * q.reshape(n, 8, 32).astype(np.float32) - (dmin * mn)[:, :, None]).reshape(n, QK_K)
+
+
+def _np_q5_k(b):
+    n = len(b)
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _scale_min_k4(b[:, 4:16])
+    ql = (b[:, 48:].reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8)[:, None]) & 0x0F
+    qh = (b[:, 16:48].reshape(n, 1, 32) >> np.arange(8, dtype=np.uint8)[:, None]) & 1
+    q = (ql.reshape(n, 8, 32) | (qh << 4)).astype(np.float32)
+    return ((d * sc)[:, :, None] * q - (dmin * mn)[:, :, None]).reshape(n, QK_K)
+
+
+def _np_q6_k(b):
+    n = len(b)
+    ql, qh = b[:, :128], b[:, 128:192]
+    scales = b[:, 192:208].view(np.int8).astype(np.float32)
+    d = _f16(b[:, 208:210])
+    lo = (ql.reshape(n, 2, 1, 64) >> np.array([0, 4], np.uint8)[:, None]) & 0x0F
+    hi = (qh.reshape(n, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3
+    q = (lo.reshape(n, 8, 32) | (hi.reshape(n, 8, 32) << 4)).astype(np.int8) - 32
+    return ((d * scales)[:, :, None] * q.reshape(n, 16, 16).astype(np.float32)).reshape(n, QK_K)
+
+
+_NP_BLOCKS = {
+    GGMLType.Q4_0: _np_q4_0, GGMLType.Q4_1: _np_q4_1, GGMLType.Q5_0: _np_q5_0, GGMLType.Q5_1: _np_q5_1,
+    GGMLType.Q8_0: _np_q8_0, GGMLType.Q2_K: _np_q2_k, GGMLType.Q3_K: _np_q3_k, GGMLType.Q4_K: _np_q4_k,
+    GGMLType.Q5_K: _np_q5_k, GGMLType.Q6_K: _np_q6_k,
+}
+
+
+def _unsupported(qtype: GGMLType) -> ValueError:
+    return ValueError(f"cannot dequantize {qtype.name}; supported: {', '.join(t.name for t in sorted(SUPPORTED))}")
+
+
+def dequantize(raw: np.ndarray, qtype, shape) -> np.ndarray:
+    """Reference dequantizer: raw GGUF block bytes (uint8) -> float32 array of `shape` (torch order)."""
+    qtype = GGMLType(qtype)
+    if qtype not in SUPPORTED:
+        raise _unsupported(qtype)
+    raw = np.asarray(raw).view(np.uint8).reshape(-1)
+    n_blocks, nb = _n_blocks(raw, qtype, shape)
+    if qtype == GGMLType.F32:
+        out = raw.view(np.float32).astype(np.float32)
+    elif qtype == GGMLType.F16:
+        out = raw.view(np.float16).astype(np.float32)
+    elif qtype == GGMLType.BF16:
+        out = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    else:
+        out = _NP_BLOCKS[qtype](raw.reshape(n_blocks, nb))
+    return out.reshape(tuple(shape))
