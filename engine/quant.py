@@ -10,6 +10,7 @@ from enum import IntEnum
 from math import prod
 
 import numpy as np
+import torch
 
 
 class GGMLType(IntEnum):
@@ -236,5 +237,177 @@ def dequantize(raw: np.ndarray, qtype, shape) -> np.ndarray:
     elif qtype == GGMLType.BF16:
         out = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     else:
-        out = _NP_BLOCKS[qtype](raw.reshape(n_blocks, nb))
+        with np.errstate(invalid="ignore", over="ignore"):   # inf/NaN scales propagate, as in ggml
+            out = _NP_BLOCKS[qtype](raw.reshape(n_blocks, nb))
     return out.reshape(tuple(shape))
+
+
+# ---- vectorized torch: the same arithmetic on whole tensors (no loop over blocks) ----------------
+def _t_f16(b: torch.Tensor) -> torch.Tensor:
+    return b.contiguous().view(torch.float16).to(torch.float32)
+
+
+def _t_shifts(values, b: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.uint8, device=b.device)
+
+
+def _t_nibbles(qs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([qs & 0x0F, qs >> 4], dim=-1)
+
+
+def _t_bits32(qh: torch.Tensor) -> torch.Tensor:
+    return ((qh[:, :, None] >> _t_shifts(range(8), qh)) & 1).reshape(qh.shape[0], 32)
+
+
+def _t_scale_min_k4(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b, c = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    sc = torch.cat([a & 63, (c & 0x0F) | ((a >> 6) << 4)], dim=-1)
+    mn = torch.cat([b & 63, (c >> 4) | ((b >> 6) << 4)], dim=-1)
+    return sc.to(torch.float32), mn.to(torch.float32)
+
+
+def _t_q4_0(b):
+    return _t_f16(b[:, :2]) * (_t_nibbles(b[:, 2:]).to(torch.int8) - 8).to(torch.float32)
+
+
+def _t_q4_1(b):
+    return _t_nibbles(b[:, 4:]).to(torch.float32) * _t_f16(b[:, :2]) + _t_f16(b[:, 2:4])
+
+
+def _t_q5_0(b):
+    q = (_t_nibbles(b[:, 6:]) | (_t_bits32(b[:, 2:6]) << 4)).to(torch.int8) - 16
+    return _t_f16(b[:, :2]) * q.to(torch.float32)
+
+
+def _t_q5_1(b):
+    q = (_t_nibbles(b[:, 8:]) | (_t_bits32(b[:, 4:8]) << 4)).to(torch.float32)
+    return q * _t_f16(b[:, :2]) + _t_f16(b[:, 2:4])
+
+
+def _t_q8_0(b):
+    return _t_f16(b[:, :2]) * b[:, 2:].contiguous().view(torch.int8).to(torch.float32)
+
+
+def _t_q2_k(b):
+    n = b.shape[0]
+    scales, qs = b[:, :16], b[:, 16:80]
+    d, dmin = _t_f16(b[:, 80:82]), _t_f16(b[:, 82:84])
+    dl = (d * (scales & 0x0F).to(torch.float32))[:, :, None]
+    ml = (dmin * (scales >> 4).to(torch.float32))[:, :, None]
+    q = (qs.reshape(n, 2, 1, 32) >> _t_shifts([0, 2, 4, 6], b)[:, None]) & 3
+    return (dl * q.reshape(n, 16, 16).to(torch.float32) - ml).reshape(n, QK_K)
+
+
+def _t_q3_k(b):
+    n = b.shape[0]
+    hmask, qs, s = b[:, :32], b[:, 32:96], b[:, 96:108]
+    d = _t_f16(b[:, 108:110])
+    low = torch.cat([s[:, 0:8] & 0x0F, s[:, 0:8] >> 4], dim=-1)
+    high = (s[:, 8:12].reshape(n, 1, 4) >> _t_shifts([0, 2, 4, 6], b)[:, None]).reshape(n, 16) & 3
+    scales = (low | (high << 4)).to(torch.int8) - 32
+    dl = (d * scales.to(torch.float32))[:, :, None]
+    ql = (qs.reshape(n, 2, 1, 32) >> _t_shifts([0, 2, 4, 6], b)[:, None]) & 3
+    hm = (hmask.reshape(n, 1, 32) >> _t_shifts(range(8), b)[:, None]) & 1
+    q = ql.reshape(n, 16, 16).to(torch.int8) - ((hm.reshape(n, 16, 16) ^ 1) << 2).to(torch.int8)
+    return (dl * q.to(torch.float32)).reshape(n, QK_K)
+
+
+def _t_q4_k(b):
+    n = b.shape[0]
+    d, dmin = _t_f16(b[:, 0:2]), _t_f16(b[:, 2:4])
+    sc, mn = _t_scale_min_k4(b[:, 4:16])
+    q = (b[:, 16:].reshape(n, 4, 1, 32) >> _t_shifts([0, 4], b)[:, None]) & 0x0F
+    return ((d * sc)[:, :, None] * q.reshape(n, 8, 32).to(torch.float32) - (dmin * mn)[:, :, None]).reshape(n, QK_K)
+
+
+def _t_q5_k(b):
+    n = b.shape[0]
+    d, dmin = _t_f16(b[:, 0:2]), _t_f16(b[:, 2:4])
+    sc, mn = _t_scale_min_k4(b[:, 4:16])
+    ql = (b[:, 48:].reshape(n, 4, 1, 32) >> _t_shifts([0, 4], b)[:, None]) & 0x0F
+    qh = (b[:, 16:48].reshape(n, 1, 32) >> _t_shifts(range(8), b)[:, None]) & 1
+    q = (ql.reshape(n, 8, 32) | (qh << 4)).to(torch.float32)
+    return ((d * sc)[:, :, None] * q - (dmin * mn)[:, :, None]).reshape(n, QK_K)
+
+
+def _t_q6_k(b):
+    n = b.shape[0]
+    ql, qh = b[:, :128], b[:, 128:192]
+    scales = b[:, 192:208].contiguous().view(torch.int8).to(torch.float32)
+    d = _t_f16(b[:, 208:210])
+    lo = (ql.reshape(n, 2, 1, 64) >> _t_shifts([0, 4], b)[:, None]) & 0x0F
+    hi = (qh.reshape(n, 2, 1, 32) >> _t_shifts([0, 2, 4, 6], b)[:, None]) & 3
+    q = (lo.reshape(n, 8, 32) | (hi.reshape(n, 8, 32) << 4)).to(torch.int8) - 32
+    return ((d * scales)[:, :, None] * q.reshape(n, 16, 16).to(torch.float32)).reshape(n, QK_K)
+
+
+_TORCH_BLOCKS = {
+    GGMLType.Q4_0: _t_q4_0, GGMLType.Q4_1: _t_q4_1, GGMLType.Q5_0: _t_q5_0, GGMLType.Q5_1: _t_q5_1,
+    GGMLType.Q8_0: _t_q8_0, GGMLType.Q2_K: _t_q2_k, GGMLType.Q3_K: _t_q3_k, GGMLType.Q4_K: _t_q4_k,
+    GGMLType.Q5_K: _t_q5_k, GGMLType.Q6_K: _t_q6_k,
+}
+
+
+def as_uint8_tensor(raw) -> torch.Tensor:
+    """A 1-D uint8 torch view of raw bytes (numpy arrays, read-only mmap views included), no copy."""
+    if isinstance(raw, torch.Tensor):
+        return raw.reshape(-1).view(torch.uint8) if raw.dtype != torch.uint8 else raw.reshape(-1)
+    arr = np.asarray(raw).view(np.uint8).reshape(-1)
+    if not arr.flags.writeable:   # torch wants writable memory; nothing here writes to it
+        arr = np.asarray(_WritableView(arr))
+    return torch.from_numpy(arr)
+
+
+class _WritableView:
+    """Exposes a read-only array's memory through the array interface without a copy."""
+
+    def __init__(self, arr: np.ndarray):
+        self._arr = arr
+        self.__array_interface__ = dict(arr.__array_interface__, data=(arr.ctypes.data, False))
+
+
+def dequantize_torch(raw, qtype, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Vectorized dequantizer: raw block bytes (uint8 tensor) -> `dtype` tensor of `shape`."""
+    qtype = GGMLType(qtype)
+    if qtype not in SUPPORTED:
+        raise _unsupported(qtype)
+    raw = as_uint8_tensor(raw)
+    n_blocks, nb = _n_blocks(raw, qtype, shape)
+    shape = tuple(int(s) for s in shape)
+    if qtype == GGMLType.F32:
+        out = raw.view(torch.float32)
+    elif qtype == GGMLType.F16:
+        out = raw.view(torch.float16)
+    elif qtype == GGMLType.BF16:
+        out = raw.view(torch.bfloat16)
+    else:
+        out = _TORCH_BLOCKS[qtype](raw.reshape(n_blocks, nb))
+    return out.reshape(shape).to(dtype, copy=out.data_ptr() == raw.data_ptr())
+
+
+@dataclass
+class QTensor:
+    """A weight kept in its GGUF block layout. shape is torch order; data the raw uint8 blocks."""
+    name: str
+    qtype: GGMLType
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return prod(self.shape[:-1])
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def row_bytes(self) -> int:
+        return row_nbytes(self.qtype, self.cols)
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.row_bytes
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_torch(self.data, self.qtype, self.shape, dtype)
