@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as _errno
+import functools
 import mmap as _mmap
 import os
 import struct
@@ -72,6 +73,21 @@ class TensorInfo:
     nbytes: int
 
 
+def _one_line(text: str) -> str:
+    """Escape anything unprintable (a corrupt file's names can hold newlines or control bytes)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _nm(name: str) -> str:
+    """A tensor or key name as it may appear in a message: printable and not absurdly long."""
+    name = _one_line(name)
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+def _q(key: str) -> str:
+    return repr(_nm(key)) if key.isprintable() else "'" + _nm(key) + "'"
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
 
@@ -88,6 +104,7 @@ class MlockReport:
 _PAGE = _mmap.PAGESIZE
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name, use_errno=True) if name else None
@@ -99,33 +116,44 @@ def _page_span(buf: np.ndarray) -> tuple[int, int]:
     return start, addr + buf.nbytes - start
 
 
+def _memlock_limit() -> int | None:
+    """RLIMIT_MEMLOCK after raising the soft limit to the hard one; None when unlimited or unknown."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _mlock(addr: int, length: int) -> int:
+    """mlock(2): 0 on success, else the errno (ENOSYS where libc has no mlock)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mlock"):
+        return _errno.ENOSYS
+    return 0 if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(length)) == 0 else ctypes.get_errno()
+
+
 def lock_memory(buf: np.ndarray, what: str) -> MlockReport:
     """mlock a buffer, first raising RLIMIT_MEMLOCK to its hard limit; on refusal say why, never raise."""
     need = buf.nbytes
-    try:
-        import resource
-        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-        if soft != hard:
-            try:
-                resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
-                soft = hard
-            except (ValueError, OSError):
-                pass
-    except ImportError:
-        soft = None
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mlock"):
-        return MlockReport(True, False, 0, "mlock is not available on this system; pages were not locked")
-    addr, length = _page_span(buf)
-    if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(length)) == 0:
+    limit = _memlock_limit()
+    err = _mlock(*_page_span(buf))
+    if err == 0:
         return MlockReport(True, True, need, f"locked {_mib(need)} of {what} in RAM")
-    err = ctypes.get_errno()
-    if soft is not None and soft != getattr(__import__("resource"), "RLIM_INFINITY", -1) and err in (
-            _errno.ENOMEM, _errno.EPERM):
-        msg = (f"mlock refused: RLIMIT_MEMLOCK is {_mib(soft)}, {what} needs {_mib(need)}; "
+    if err == _errno.ENOSYS:
+        msg = "mlock is not available on this system; pages were not locked"
+    elif limit is not None and err in (_errno.ENOMEM, _errno.EPERM, _errno.EAGAIN):
+        msg = (f"mlock refused: RLIMIT_MEMLOCK is {_mib(limit)}, {what} needs {_mib(need)}; "
                f"raise it with `ulimit -l` (or memlock in /etc/security/limits.conf)")
     else:
-        msg = f"mlock refused ({os.strerror(err)}) for {_mib(need)} of {what}; pages may be swapped out"
+        msg = f"mlock refused ({os.strerror(err)}) for {_mib(need)} of {what}; its pages may be swapped out"
     return MlockReport(True, False, 0, msg)
 
 
@@ -182,7 +210,7 @@ class _Parser:
         self.buf, self.size, self.path, self.pos = buf, size, path, 0
 
     def fail(self, what: str) -> BadModelFile:
-        return BadModelFile(f"{self.path.name}: {what}; the file is corrupt or not a complete GGUF model")
+        return BadModelFile(_one_line(f"{self.path.name}: {what}; the file is corrupt or not a complete GGUF model"))
 
     def need(self, n: int, what: str) -> None:
         if n > self.size - self.pos:
@@ -211,35 +239,35 @@ class _Parser:
     def value(self, vtype: int, key: str, depth: int = 0) -> Any:
         if vtype in _SCALAR:
             fmt, dt = _SCALAR[vtype]
-            return self.unpack(fmt, np.dtype(dt).itemsize, f"the value of {key!r}")
+            return self.unpack(fmt, np.dtype(dt).itemsize, f"the value of {_q(key)}")
         if vtype == _STR:
-            return self.string(f"the value of {key!r}")
+            return self.string(f"the value of {_q(key)}")
         if vtype == _ARR:
             if depth > 8:
-                raise self.fail(f"metadata {key!r} nests arrays more than 8 deep")
-            etype = self.u32(f"the element type of {key!r}")
-            n = self.u64(f"the length of {key!r}")
+                raise self.fail(f"metadata {_q(key)} nests arrays more than 8 deep")
+            etype = self.u32(f"the element type of {_q(key)}")
+            n = self.u64(f"the length of {_q(key)}")
             return self.array(etype, n, key, depth)
-        raise self.fail(f"metadata {key!r} has unknown value type {vtype}")
+        raise self.fail(f"metadata {_q(key)} has unknown value type {vtype}")
 
     def array(self, etype: int, n: int, key: str, depth: int) -> Any:
         left = self.size - self.pos
         if etype in _SCALAR:
             dt = np.dtype(_SCALAR[etype][1]).newbyteorder("<")
             if n * dt.itemsize > left:
-                raise self.fail(f"array {key!r} claims {n} elements, more than the file could hold")
+                raise self.fail(f"array {_q(key)} claims {n} elements, more than the file could hold")
             arr = np.frombuffer(self.buf, dtype=dt, count=n, offset=self.pos).copy()
             self.pos += n * dt.itemsize
             return arr.astype(arr.dtype.newbyteorder("="), copy=False)
         if etype == _STR:
             if n * 8 > left:
-                raise self.fail(f"array {key!r} claims {n} strings, more than the file could hold")
+                raise self.fail(f"array {_q(key)} claims {n} strings, more than the file could hold")
             return self.strings(n, key)
         if etype == _ARR:
             if n * 12 > left:
-                raise self.fail(f"array {key!r} claims {n} arrays, more than the file could hold")
+                raise self.fail(f"array {_q(key)} claims {n} arrays, more than the file could hold")
             return [self.value(_ARR, key, depth + 1) for _ in range(n)]
-        raise self.fail(f"array {key!r} has unknown element type {etype}")
+        raise self.fail(f"array {_q(key)} has unknown element type {etype}")
 
     def strings(self, n: int, key: str) -> list[str]:
         # One tight pass: a 262144-token vocabulary parses in well under 0.1 s this way.
@@ -249,12 +277,12 @@ class _Parser:
         for i in range(n):
             if pos + 8 > size:
                 self.pos = pos
-                raise self.fail(f"truncated inside string array {key!r} (element {i} of {n})")
+                raise self.fail(f"truncated inside string array {_q(key)} (element {i} of {n})")
             (ln,) = unpack_len(buf, pos)
             pos += 8
             if ln > size - pos:
                 self.pos = pos
-                raise self.fail(f"string {i} of {key!r} claims {ln} bytes, more than the file holds")
+                raise self.fail(f"string {i} of {_q(key)} claims {ln} bytes, more than the file holds")
             out[i] = buf[pos:pos + ln].decode("utf-8", "surrogateescape")
             pos += ln
         self.pos = pos
@@ -288,13 +316,13 @@ def _check_key_types(path: Path, meta: dict[str, Any], vtypes: dict[str, int]) -
         have = _kind_of(meta[key])
         if have in want.split("|") or (want == "float" and have == "int") or (have == "list" and not meta[key]):
             continue
-        raise BadModelFile(f"{path.name}: metadata {key!r} should be {want.replace('|', ' or ')} but is "
+        raise BadModelFile(f"{path.name}: metadata {_q(key)} should be {want.replace('|', ' or ')} but is "
                            f"{_TYPE_NAMES.get(vtypes[key], have)}; the file is corrupt or was written wrongly")
     tokens = meta.get("tokenizer.ggml.tokens")
     if tokens is not None:
         for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
             if key in meta and len(meta[key]) != len(tokens):
-                raise BadModelFile(f"{path.name}: {key!r} has {len(meta[key])} entries but the vocabulary "
+                raise BadModelFile(f"{path.name}: {_q(key)} has {len(meta[key])} entries but the vocabulary "
                                    f"has {len(tokens)} tokens; the file is corrupt")
 
 
@@ -302,11 +330,11 @@ def _check_tensor_type(path: Path, name: str, raw: int) -> GGMLType:
     try:
         qtype = GGMLType(raw)
     except ValueError:
-        raise UnsupportedModel(f"{path.name}: tensor {name} uses ggml type {raw}, which Cellar does not know; "
-                               f"use a Q4_K_M/Q8_0/F16 file") from None
+        raise UnsupportedModel(_one_line(f"{path.name}: tensor {_nm(name)} uses ggml type {raw}, which Cellar "
+                                         f"does not know; use a Q4_K_M/Q8_0/F16 file")) from None
     if qtype not in SUPPORTED:
-        raise UnsupportedModel(f"{path.name}: tensor {name} uses {qtype.name}, which Cellar does not support "
-                               f"yet; use a Q4_K_M/Q8_0/F16 file")
+        raise UnsupportedModel(_one_line(f"{path.name}: tensor {_nm(name)} uses {qtype.name}, which Cellar "
+                                         f"does not support yet; use a Q4_K_M/Q8_0/F16 file"))
     return qtype
 
 
@@ -402,8 +430,8 @@ class GGUFFile:
         for i in range(n_kv):
             key = p.string(f"metadata key {i}")
             if key in meta:
-                raise p.fail(f"metadata key {key!r} appears twice")
-            vtype = p.u32(f"the type of {key!r}")
+                raise p.fail(f"metadata key {_q(key)} appears twice")
+            vtype = p.u32(f"the type of {_q(key)}")
             vtypes[key] = vtype
             meta[key] = p.value(vtype, key)
         _check_key_types(self.path, meta, vtypes)
@@ -418,14 +446,14 @@ class GGUFFile:
         for i in range(n_tensors):
             name = p.string(f"tensor name {i}")
             if name in names:
-                raise p.fail(f"tensor {name} appears twice")
+                raise p.fail(f"tensor {_nm(name)} appears twice")
             names.add(name)
-            n_dims = p.u32(f"the dimension count of {name}")
+            n_dims = p.u32(f"the dimension count of {_nm(name)}")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise p.fail(f"tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
-            ne = tuple(p.u64(f"the dimensions of {name}") for _ in range(n_dims))
-            raw_type = p.u32(f"the type of {name}")
-            offset = p.u64(f"the data offset of {name}")
+                raise p.fail(f"tensor {_nm(name)} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
+            ne = tuple(p.u64(f"the dimensions of {_nm(name)}") for _ in range(n_dims))
+            raw_type = p.u32(f"the type of {_nm(name)}")
+            offset = p.u64(f"the data offset of {_nm(name)}")
             raw_infos.append((name, ne, raw_type, offset))
         self.data_offset = -(-p.pos // align) * align
 
@@ -435,19 +463,20 @@ class GGUFFile:
 
     def _tensor_info(self, p: _Parser, name: str, ne: tuple[int, ...], raw_type: int, offset: int) -> TensorInfo:
         if any(d == 0 for d in ne):
-            raise p.fail(f"tensor {name} has a zero-sized dimension {list(ne)}")
+            raise p.fail(f"tensor {_nm(name)} has a zero-sized dimension {list(ne)}")
         if any(d > _INT64_MAX for d in ne) or prod(ne) > _INT64_MAX:
-            raise p.fail(f"tensor {name} dimensions {list(ne)} overflow")
+            raise p.fail(f"tensor {_nm(name)} dimensions {list(ne)} overflow")
         qtype = _check_tensor_type(self.path, name, raw_type)
         block, block_bytes = BLOCK[qtype]
         if ne[0] % block:
-            raise p.fail(f"tensor {name} rows of {ne[0]} are not a whole number of {qtype.name} blocks of {block}")
+            raise p.fail(f"tensor {_nm(name)} rows of {ne[0]} are not a whole number of "
+                         f"{qtype.name} blocks of {block}")
         nbytes = ne[0] // block * block_bytes * prod(ne[1:])
         if offset % self.alignment:
-            raise p.fail(f"tensor {name} data offset {offset} is not aligned to {self.alignment}")
+            raise p.fail(f"tensor {_nm(name)} data offset {offset} is not aligned to {self.alignment}")
         start = self.data_offset + offset
         if start > self.file_size or nbytes > self.file_size - start:
-            raise p.fail(f"tensor {name} data ({_mib(nbytes)} at byte {start}) runs past the end of the "
+            raise p.fail(f"tensor {_nm(name)} data ({_mib(nbytes)} at byte {start}) runs past the end of the "
                          f"{self.file_size}-byte file; it is truncated")
         return TensorInfo(name, tuple(reversed(ne)), ne, qtype, start, nbytes)
 
@@ -455,7 +484,7 @@ class GGUFFile:
         prev = None
         for t in sorted(self.tensors.values(), key=lambda t: t.offset):
             if prev is not None and t.offset < prev.offset + prev.nbytes:
-                raise p.fail(f"tensors {prev.name} and {t.name} overlap in the file")
+                raise p.fail(f"tensors {_nm(prev.name)} and {_nm(t.name)} overlap in the file")
             prev = t
 
     # ---- access --------------------------------------------------------------------------------
@@ -472,7 +501,7 @@ class GGUFFile:
 
     def require(self, key: str) -> Any:
         if key not in self.metadata:
-            raise BadModelFile(f"{self.path.name}: metadata key {key!r} is missing; "
+            raise BadModelFile(f"{self.path.name}: metadata key {_q(key)} is missing; "
                                f"the file is incomplete or not a model Cellar can run")
         return self.metadata[key]
 
