@@ -34,8 +34,6 @@ _SCALAR = {
     _U32: ("<I", np.uint32), _I32: ("<i", np.int32), _F32: ("<f", np.float32), _BOOL: ("<?", np.bool_),
     _U64: ("<Q", np.uint64), _I64: ("<q", np.int64), _F64: ("<d", np.float64),
 }
-_INT_TYPES = {_U8, _I8, _U16, _I16, _U32, _I32, _U64, _I64}
-_FLOAT_TYPES = {_F32, _F64}
 _TYPE_NAMES = {_U8: "uint8", _I8: "int8", _U16: "uint16", _I16: "int16", _U32: "uint32", _I32: "int32",
                _F32: "float32", _BOOL: "bool", _STR: "string", _ARR: "array", _U64: "uint64",
                _I64: "int64", _F64: "float64"}

@@ -10,7 +10,16 @@ from enum import IntEnum
 from math import prod
 
 import numpy as np
-import torch
+
+torch = None   # imported on first torch dequantization, so reading a GGUF never pays for importing torch
+
+
+def _import_torch():
+    global torch
+    if torch is None:
+        import torch as _torch
+        torch = _torch
+    return torch
 
 
 class GGMLType(IntEnum):
@@ -350,6 +359,7 @@ _TORCH_BLOCKS = {
 
 def as_uint8_tensor(raw) -> torch.Tensor:
     """A 1-D uint8 torch view of raw bytes (numpy arrays, read-only mmap views included), no copy."""
+    _import_torch()
     if isinstance(raw, torch.Tensor):
         return raw.reshape(-1).view(torch.uint8) if raw.dtype != torch.uint8 else raw.reshape(-1)
     arr = np.asarray(raw).view(np.uint8).reshape(-1)
@@ -366,8 +376,10 @@ class _WritableView:
         self.__array_interface__ = dict(arr.__array_interface__, data=(arr.ctypes.data, False))
 
 
-def dequantize_torch(raw, qtype, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Vectorized dequantizer: raw block bytes (uint8 tensor) -> `dtype` tensor of `shape`."""
+def dequantize_torch(raw, qtype, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Vectorized dequantizer: raw block bytes (uint8 tensor) -> `dtype` (float32) tensor of `shape`."""
+    _import_torch()
+    dtype = torch.float32 if dtype is None else dtype
     qtype = GGMLType(qtype)
     if qtype not in SUPPORTED:
         raise _unsupported(qtype)
@@ -409,5 +421,5 @@ class QTensor:
     def nbytes(self) -> int:
         return self.rows * self.row_bytes
 
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return dequantize_torch(self.data, self.qtype, self.shape, dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,12 @@ def test_bad_inputs():
         dequantize(np.zeros(34, np.uint8), GGMLType.Q8_0, (2, 32))
     with pytest.raises(ValueError, match="multiple of 32"):
         dequantize_torch(torch.zeros(34, dtype=torch.uint8), GGMLType.Q8_0, (2, 16))
+
+
+def test_reading_a_gguf_does_not_import_torch():
+    import subprocess
+    import sys
+    code = "import sys, engine.gguf, engine.quant; print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
