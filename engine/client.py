@@ -263,8 +263,8 @@ class EngineClient:
         self._proc, self._conn = None, None
         if crashed:
             for rid in sorted(self._in_flight):
-                self._deliver(P.Error(P.ErrorKind.ENGINE_CRASHED, f"the engine stopped while replying (it "
-                                      f"{detail}); restart it to go on", rid))
+                self._deliver(P.Error(P.ErrorKind.ENGINE_CRASHED, f"the engine stopped while replying: it "
+                                      f"{detail}; restart it to go on", rid))
                 self._deliver(P.GenerationDone(rid, "error"))
             self._in_flight.clear()
             self._set_state(S.CRASHED)

@@ -52,6 +52,7 @@ class Worker:
         self.raw = False
         self.sampler = None
         self.restored_sampler_state = None
+        self._last_progress = (0.0, 0.0, "")
         self.telemetry = TelemetryLoop(self)
 
     # ------------------------------------------------------------ plumbing
@@ -138,29 +139,32 @@ class Worker:
     def do_load(self, req: P.Load) -> None:
         from engine import worker_model
         self.cancel.clear()
-        if self.model is not None:
-            self._close_model()
         self.set_state(S.LOADING, os.path.basename(req.path))
         try:
+            worker_model.check_file(req.path)
+            if self.model is not None:
+                self._close_model()
             self.model = worker_model.load(req, self._progress)
             self.send(worker_model.loaded_event(self.model, req))
             plan = worker_model.memory_plan(self.model)
             if plan is not None:
                 self.send(P.MemoryPlanEvent(plan))
             self._send_kv()
-        except BaseException as e:          # noqa: BLE001 — every failure becomes an Error event
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            self.model = None
+        except Exception as e:                  # every failure becomes an Error event
             self._fail(e, f"loading {os.path.basename(req.path)}")
         finally:
             self.cancel.clear()
             self.set_state(S.IDLE)
 
     def _progress(self, fraction: float, message: str = "") -> None:
+        """Load progress, at most every 1 % or 50 ms (a runtime may call this per tensor)."""
         if self.cancel.is_set():
             raise Cancelled("loading was cancelled")
-        self.send(P.LoadProgress(float(fraction), str(message)))
+        now, (last_f, last_t, last_m) = time.monotonic(), self._last_progress
+        fraction, message = float(fraction), str(message)
+        if fraction in (0.0, 1.0) or message != last_m or fraction - last_f >= 0.01 or now - last_t >= 0.05:
+            self._last_progress = (fraction, now, message)
+            self.send(P.LoadProgress(fraction, message))
 
     def _close_model(self) -> None:
         try:
@@ -193,9 +197,7 @@ class Worker:
                 raise BadRequest("no model is loaded; load a .gguf model first")
             done = worker_model.generate(self, req)
             self.send(done)
-        except BaseException as e:          # noqa: BLE001
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
+        except Exception as e:
             self._fail(e, "generating", rid)
             if self.model is not None and not isinstance(e, CellarError):
                 self._reset_cache()

@@ -13,10 +13,17 @@ from engine import protocol as P
 from engine.errors import BadRequest
 
 
+def check_file(path: str) -> None:
+    """Read the header, metadata and tensor table only: a bad file is refused before the loaded
+    model is let go, so a failed load leaves the worker as it was."""
+    from engine.gguf import GGUFFile
+    if not os.path.isfile(path):
+        raise BadRequest(f"no model file at {path}; pick an existing .gguf file")
+    GGUFFile.open(path, read_data=False).close()
+
+
 def load(req: P.Load, progress):
     from engine.runtime import LoadOptions, Model
-    if not os.path.isfile(req.path):
-        raise BadRequest(f"no model file at {req.path}; pick an existing .gguf file")
     opts = LoadOptions(ctx=req.ctx, batch=req.batch, ubatch=req.ubatch, threads=req.threads, mmap=req.mmap,
                        mlock=req.mlock, gpu_layers=req.gpu_layers, kv_type=req.kv_type)
     t0 = time.perf_counter()
@@ -136,9 +143,9 @@ def save_session(w, req: P.SaveSession) -> P.SessionSaved:
 
 
 def restore_session(w, path: str, conversation_id: str, request_id: str | None) -> P.SessionRestored:
-    from engine import session
     if not os.path.isfile(path):
         raise BadRequest(f"no session file at {path}")
+    from engine import session
     info = session.load(w.model, path)
     extra = dict(getattr(info, "extra", None) or {})
     w.conversation, w.messages = conversation_id, list(extra.get("messages", []))
