@@ -11,7 +11,8 @@ Host-resident layers:
   cudaHostRegister), a dedicated copy stream moves them into one of two VRAM slots, and events order
   everything so that the copy of the next streamed layer overlaps the compute of this one.
 
-The schedule is written against `Backend`, which has a CUDA implementation (`CudaBackend`) and a CPU
+The schedule is written against `Backend`, which has a torch implementation (`TorchBackend`: CUDA
+streams, events and pinned memory on a GPU; synchronous copies on the CPU) and a CPU
 simulation (`SimBackend`, engine/offload_sim.py) that records the order of operations and runs the
 two streams in adversarial or random interleavings, so the ordering rules are unit-tested without a GPU.
 """
@@ -210,52 +211,80 @@ def _check_cuda(rc: Any, what: str) -> None:
         raise RuntimeError(f"{what} failed: CUDA error {code} {msg}".strip())
 
 
-class CudaBackend(Backend):
-    """The real thing: torch CUDA streams and events; the compute stream is the current stream."""
+class TorchBackend(Backend):
+    """torch tensors on `device`. On CUDA: page-locked staging, a dedicated copy stream, the current
+    stream as compute stream, real events. On the CPU the same code runs with synchronous copies and
+    no events (everything is already ordered), which lets the runtime's offload path run in CPU tests."""
 
     def __init__(self, device: Any = None):
         import torch
         self.torch = torch
         self.device = torch.device(device if device is not None else "cuda")
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        self.streams = {self.COPY: torch.cuda.Stream(self.device),
-                        self.COMPUTE: torch.cuda.current_stream(self.device)}
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            self.streams = {self.COPY: torch.cuda.Stream(self.device),
+                            self.COMPUTE: torch.cuda.current_stream(self.device)}
 
-    def alloc_staging(self, nbytes: int) -> PinnedBuffer:
-        return PinnedBuffer(nbytes)
+    def alloc_staging(self, nbytes: int) -> Any:
+        if self.cuda:
+            return PinnedBuffer(nbytes)
+        return _HostBuffer(nbytes)
 
-    def free_staging(self, host: PinnedBuffer) -> None:
+    def free_staging(self, host: Any) -> None:
         host.close()
 
     def alloc_device(self, nbytes: int):
         return self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.device)
 
-    def fill(self, host: PinnedBuffer, offset: int, src: np.ndarray) -> None:
+    def fill(self, host: Any, offset: int, src: np.ndarray) -> None:
         from engine.quant import as_uint8_tensor
         host.tensor[offset:offset + src.nbytes].copy_(as_uint8_tensor(src))   # multi-threaded memcpy
 
-    def copy_async(self, dst, dst_offset: int, host: PinnedBuffer, offset: int, nbytes: int) -> None:
+    def copy_async(self, dst, dst_offset: int, host: Any, offset: int, nbytes: int) -> None:
+        src = host.tensor[offset:offset + nbytes]
+        if not self.cuda:
+            dst[dst_offset:dst_offset + nbytes].copy_(src)
+            return
         with self.torch.cuda.stream(self.streams[self.COPY]):
-            dst[dst_offset:dst_offset + nbytes].copy_(host.tensor[offset:offset + nbytes], non_blocking=True)
+            dst[dst_offset:dst_offset + nbytes].copy_(src, non_blocking=True)
 
     def record_event(self, stream: str):
+        if not self.cuda:
+            return None
         ev = self.torch.cuda.Event()
         ev.record(self.streams[stream])
         return ev
 
     def wait_event(self, stream: str, event) -> None:
-        self.streams[stream].wait_event(event)
+        if event is not None:
+            self.streams[stream].wait_event(event)
 
     def host_wait(self, event) -> None:
-        event.synchronize()
+        if event is not None:
+            event.synchronize()
 
     def view(self, buf, offset: int, nbytes: int):
         return buf[offset:offset + nbytes]
 
     def synchronize(self) -> None:
-        for s in self.streams.values():
-            s.synchronize()
+        if self.cuda:
+            for s in self.streams.values():
+                s.synchronize()
+
+
+
+class _HostBuffer:
+    """Plain host memory standing in for a staging buffer where nothing needs pinning (CPU device)."""
+
+    def __init__(self, nbytes: int):
+        import torch
+        self.nbytes = nbytes
+        self.tensor = torch.empty(nbytes, dtype=torch.uint8)
+
+    def close(self) -> None:
+        self.tensor = None
 
 
 # ---- the double-buffered stream of host layers ------------------------------------------------------

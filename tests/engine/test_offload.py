@@ -199,11 +199,14 @@ def test_pinned_buffer_is_exact_size_and_registered():
         buf.close()
 
 
-@needs_cuda
-def test_cuda_streamer_delivers_every_layer():
-    from engine.offload import CudaBackend
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_streamer_delivers_every_layer(device):
+    from engine.offload import TorchBackend
     packs = _packs(6)
-    b = CudaBackend()
+    b = TorchBackend(device)
     s = LayerStreamer(b, packs, chunk_bytes=4096)
     sums = []
     for _ in range(2):
@@ -215,3 +218,19 @@ def test_cuda_streamer_delivers_every_layer():
     s.close()
     expected = [[int(src.astype(np.int64).sum()) for src in packs[il].sources] for il in range(6)] * 2
     assert sums == expected
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q6_K,
+                                   GGMLType.F32])
+def test_resident_linear_matches_the_reference_product(qtype, device):
+    from engine.gpu_kernels import ResidentLayer, linear
+    from tests.ggufgen import raw_tensor
+    rng = np.random.default_rng(int(qtype))
+    rt = raw_tensor(qtype, (96, 512), rng)
+    w = QTensor("w", qtype, rt.shape, rt.data)
+    x = torch.randn(7, 512, generator=torch.Generator().manual_seed(1))
+    ref = x.double() @ w.dequantize().double().t()
+    layer = ResidentLayer.upload(0, {"w": w}, torch.device(device))
+    out = linear(x.to(device), layer.tensors["w"]).cpu().double()
+    assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 1e-5
