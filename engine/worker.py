@@ -9,16 +9,19 @@ Importing this module imports no torch: the runtime is imported on the first Loa
 """
 from __future__ import annotations
 
+import faulthandler
+import logging
 import os
 import queue
-import sys
 import threading
 import time
-import traceback
 
 from engine import protocol as P
 from engine.errors import BadRequest, CellarError, Cancelled
+from engine.log import setup_logging
 from engine.worker_telemetry import TelemetryLoop
+
+log = logging.getLogger("cellar.worker")
 
 S = P.EngineState
 
@@ -130,8 +133,8 @@ class Worker:
 
     def _fail(self, exc: BaseException, doing: str, request_id: str | None = None) -> P.ErrorKind:
         kind, message = classify(exc, doing)
-        if kind is P.ErrorKind.INTERNAL:
-            traceback.print_exc(file=sys.stderr)
+        log.log(logging.ERROR if kind is P.ErrorKind.INTERNAL else logging.INFO, "%s", message,
+                exc_info=exc if kind is P.ErrorKind.INTERNAL else None)
         self.send(P.Error(kind, message, request_id))
         return kind
 
@@ -170,7 +173,7 @@ class Worker:
         try:
             self.model.close()
         except Exception:                       # closing must never take the worker down
-            traceback.print_exc(file=sys.stderr)
+            log.exception("closing the model failed")
         self.model, self.conversation, self.messages, self.sampler = None, None, [], None
         self.telemetry.kv = (0, 0)
 
@@ -213,7 +216,7 @@ class Worker:
         try:
             self.model.reset()
         except Exception:
-            traceback.print_exc(file=sys.stderr)
+            log.exception("resetting the KV cache failed")
         self.conversation, self.messages = None, []
 
     def do_save(self, req: P.SaveSession) -> None:
@@ -282,6 +285,9 @@ def kv_cells(snap: dict, model) -> tuple[int, int]:
 
 def main(conn) -> None:
     """Process target."""
+    faulthandler.enable()                       # a segfault leaves a Python traceback on stderr
+    setup_logging()
+    log.info("engine process %d started", os.getpid())
     try:
         Worker(conn).run()
     finally:

@@ -123,3 +123,16 @@ def test_telemetry_rates_and_fields(engine):
     time.sleep(2.2)
     idle = [e for e in rec.of(P.Telemetry, mark) if e.state is P.EngineState.IDLE]
     assert 1 <= len(idle) <= 4                   # ~1 Hz when idle
+
+
+def test_cancel_all_drops_queued_requests_too(engine):
+    client, rec, _ = engine
+    mark = rec.mark()
+    client.send(P.Generate("q1", messages=CHAT, max_tokens=200, temperature=0.0))
+    client.send(P.Generate("q2", messages=CHAT, max_tokens=200, temperature=0.0))
+    rec.wait_for(lambda e: isinstance(e, P.Token) and e.request_id == "q1", 60, mark)
+    client.cancel()
+    first, second = rec.done("q1", 5, mark), rec.done("q2", 5, mark)
+    assert (first.stop_reason, second.stop_reason) == ("cancelled", "cancelled")
+    assert second.n_tokens == 0 and not [t for t in rec.of(P.Token, mark) if t.request_id == "q2"]
+    assert client.wait_state(P.EngineState.IDLE, 5)
