@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import uuid
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
@@ -58,6 +59,11 @@ class EngineBridge(QObject):
 
     def cancel(self, request_id: str | None = None) -> bool:
         return self.send(P.Cancel(request_id))
+
+    def generate(self, **fields) -> str | None:
+        """Start a reply (Generate fields); its request id, or None when the engine is not running."""
+        fields.setdefault("request_id", uuid.uuid4().hex[:12])
+        return fields["request_id"] if self.send(P.Generate(**fields)) else None
 
     def start(self) -> None:
         self._in_background(self.client.start)

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import types
+import uuid
 from multiprocessing.connection import wait as mp_wait
 from typing import Callable
 
@@ -199,6 +200,16 @@ class EngineClient:
 
     def cancel(self, request_id: str | None = None) -> None:
         self.send(P.Cancel(request_id))
+
+    def load(self, path, **options) -> None:
+        """Load a model; `options` are the Load fields (ctx, batch, ubatch, threads, mmap, ...)."""
+        self.send(P.Load(str(path), **options))
+
+    def generate(self, **fields) -> str:
+        """Start a reply (Generate fields; request_id made up when absent); returns its request id."""
+        fields.setdefault("request_id", uuid.uuid4().hex[:12])
+        self.send(P.Generate(**fields))
+        return fields["request_id"]
 
     # ------------------------------------------------------------ threads
     def _deliver(self, event) -> None:

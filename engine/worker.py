@@ -75,8 +75,14 @@ class Worker:
         while True:
             try:
                 req = self.conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError):         # the client is gone
                 req = P.Shutdown()
+            except Exception as e:              # e.g. a message from a newer protocol
+                self.send(P.Error(P.ErrorKind.BAD_INPUT, f"unreadable request: {type(e).__name__}"))
+                continue
+            if not isinstance(req, P.REQUEST_TYPES):
+                self.send(P.Error(P.ErrorKind.BAD_INPUT, f"not a request: {type(req).__name__}"))
+                continue
             if isinstance(req, P.Cancel):
                 self._on_cancel(req.request_id)
                 continue
