@@ -21,6 +21,7 @@ from __future__ import annotations
 import mmap
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from math import prod
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -104,6 +105,11 @@ class LayerPack:
         return sum(s.nbytes for s in self.segments)
 
 
+def packed_nbytes(sizes: Sequence[int], align: int = SLOT_ALIGN) -> int:
+    """Bytes a layer whose tensors have `sizes` takes packed (what pack_layer allocates)."""
+    return sum(-(-int(n) // align) * align for n in sizes)
+
+
 def pack_layer(layer: int, tensors: Mapping[str, QTensor], align: int = SLOT_ALIGN) -> LayerPack:
     segments, sources, at = [], [], 0
     for name, t in tensors.items():
@@ -122,6 +128,55 @@ class SlotTensor:
     qtype: GGMLType
     shape: tuple[int, ...]
     data: Any
+
+
+# ---- what the offload path allocates (the memory planner models it from these) ------------------------
+CUDA_CONTEXT_BYTES = 512 << 20     # estimate: CUDA context + torch/cuBLAS handles and workspace
+
+
+@dataclass
+class VramPlan:
+    """Device bytes by concern, plus the page-locked host memory the staging buffers take."""
+    weights_per_layer: dict[int, int]      # resident layers, packed
+    output: int                            # output head (+ output norm) when all layers are resident
+    kv: int                                # KV of the resident layers
+    staging_slots: int                     # 2 VRAM slots of the largest streamed layer
+    scratch: int                           # transient: one dequantized weight + activations of a ubatch
+    context: int = CUDA_CONTEXT_BYTES
+    pinned_host: int = 0                   # 2 page-locked staging buffers (RAM, not VRAM)
+
+    @property
+    def weights(self) -> int:
+        return sum(self.weights_per_layer.values()) + self.output
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.staging_slots + self.scratch + self.context
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights, "kv": self.kv, "staging": self.staging_slots, "compute": self.scratch,
+                "overhead": self.context, "total": self.total, "pinned_host": self.pinned_host}
+
+
+def plan_vram(layer_tensor_sizes: Sequence[Mapping[str, tuple[int, tuple[int, ...]]]],
+              output_tensor_sizes: Mapping[str, tuple[int, tuple[int, ...]]], placement: Placement, *,
+              kv_bytes_per_layer: Sequence[int], ubatch: int, activation_floats_per_token: int) -> VramPlan:
+    """VRAM the offload path allocates. Each size map is name -> (nbytes, shape) of a tensor (from the
+    tensor table: no data needed). activation_floats_per_token: the model's widest set of live f32
+    activations per token (e.g. 2*n_embd + 3*n_ff for llama)."""
+    if placement.n_gpu == 0 and not placement.streams_host_layers:
+        return VramPlan({}, 0, 0, 0, 0, context=0)
+    per_layer = {il: packed_nbytes([n for n, _ in layer_tensor_sizes[il].values()]) for il in placement.gpu_layer_ids}
+    out = packed_nbytes([n for n, _ in output_tensor_sizes.values()]) if placement.output_on_gpu else 0
+    kv = sum(kv_bytes_per_layer[il] for il in placement.gpu_layer_ids)
+    streamed = placement.host_layer_ids if placement.streams_host_layers else []
+    slot = max((packed_nbytes([n for n, _ in layer_tensor_sizes[il].values()]) for il in streamed), default=0)
+    on_device = [layer_tensor_sizes[il] for il in set(placement.gpu_layer_ids) | set(streamed)]
+    if placement.output_on_gpu:
+        on_device.append(output_tensor_sizes)
+    widest = max((prod(shape) for t in on_device for _, shape in t.values()), default=0)
+    scratch = 4 * widest + 4 * ubatch * activation_floats_per_token
+    return VramPlan(per_layer, out, kv, 2 * slot, scratch, pinned_host=2 * (-(-slot // mmap.PAGESIZE)) * mmap.PAGESIZE)
 
 
 # ---- backends -----------------------------------------------------------------------------------------

@@ -234,3 +234,22 @@ def test_resident_linear_matches_the_reference_product(qtype, device):
     layer = ResidentLayer.upload(0, {"w": w}, torch.device(device))
     out = linear(x.to(device), layer.tensors["w"]).cpu().double()
     assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 1e-5
+
+
+def test_vram_plan_matches_what_is_allocated():
+    from engine.gpu_kernels import ResidentLayer
+    from engine.offload import TorchBackend, plan_vram
+    rng = np.random.default_rng(3)
+    layers = [_layer_tensors(il, rng) for il in range(6)]
+    sizes = [{n: (t.nbytes, t.shape) for n, t in layer.items()} for layer in layers]
+    placement = Placement(6, 2)
+    plan = plan_vram(sizes, {}, placement, kv_bytes_per_layer=[1000] * 6, ubatch=8, activation_floats_per_token=10)
+    resident = [ResidentLayer.upload(il, layers[il], torch.device("cpu")) for il in placement.gpu_layer_ids]
+    streamer = LayerStreamer(TorchBackend("cpu"), {il: pack_layer(il, layers[il]) for il in placement.host_layer_ids})
+    assert plan.weights == sum(r.nbytes for r in resident)
+    assert plan.staging_slots == 2 * streamer.slot_bytes
+    assert plan.pinned_host >= 2 * streamer.slot_bytes and plan.kv == 2000
+    assert plan.scratch == 4 * (5000 + 5 * 3) + 4 * 8 * 10     # widest weight (layer 5's t2) + activations
+    assert plan.total == plan.weights + plan.kv + plan.staging_slots + plan.scratch + plan.context
+    assert plan_vram(sizes, {}, Placement(6, 0), kv_bytes_per_layer=[1] * 6, ubatch=8,
+                     activation_floats_per_token=10).total == 0
