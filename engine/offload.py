@@ -267,8 +267,8 @@ def _check_cuda(rc: Any, what: str) -> None:
 
 
 class TorchBackend(Backend):
-    """torch tensors on `device`. On CUDA: page-locked staging, a dedicated copy stream, the current
-    stream as compute stream, real events. On the CPU the same code runs with synchronous copies and
+    """torch tensors on `device`. On CUDA: page-locked staging, a dedicated copy stream, the stream
+    current at each call as compute stream, real events. On the CPU the same code runs with synchronous copies and
     no events (everything is already ordered), which lets the runtime's offload path run in CPU tests."""
 
     def __init__(self, device: Any = None):
@@ -279,8 +279,11 @@ class TorchBackend(Backend):
         if self.cuda:
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
-            self.streams = {self.COPY: torch.cuda.Stream(self.device),
-                            self.COMPUTE: torch.cuda.current_stream(self.device)}
+            self.copy_stream = torch.cuda.Stream(self.device)
+
+    def _stream(self, name: str):
+        """The copy stream, or whatever stream the compute is being enqueued on right now."""
+        return self.copy_stream if name == self.COPY else self.torch.cuda.current_stream(self.device)
 
     def alloc_staging(self, nbytes: int) -> Any:
         if self.cuda:
@@ -302,19 +305,19 @@ class TorchBackend(Backend):
         if not self.cuda:
             dst[dst_offset:dst_offset + nbytes].copy_(src)
             return
-        with self.torch.cuda.stream(self.streams[self.COPY]):
+        with self.torch.cuda.stream(self.copy_stream):
             dst[dst_offset:dst_offset + nbytes].copy_(src, non_blocking=True)
 
     def record_event(self, stream: str):
         if not self.cuda:
             return None
         ev = self.torch.cuda.Event()
-        ev.record(self.streams[stream])
+        ev.record(self._stream(stream))
         return ev
 
     def wait_event(self, stream: str, event) -> None:
         if event is not None:
-            self.streams[stream].wait_event(event)
+            self._stream(stream).wait_event(event)
 
     def host_wait(self, event) -> None:
         if event is not None:
@@ -325,8 +328,8 @@ class TorchBackend(Backend):
 
     def synchronize(self) -> None:
         if self.cuda:
-            for s in self.streams.values():
-                s.synchronize()
+            self.copy_stream.synchronize()
+            self.torch.cuda.current_stream(self.device).synchronize()
 
 
 
