@@ -6,8 +6,8 @@ and per step the device each layer runs on and the weights it uses there.
         for il in range(n_layers):
             x = x.to(st.device_of(il))
             w = st.weights(il)                 # QTensor (host) or SlotTensor (VRAM) by tensor name
-            x = block(x, w, ...)
-            st.done(il)
+            x = block(x, w, ...)               # KV: off.kv_device(il); a streamed layer's new cells
+            st.done(il)                        #     go home through st.write_back(host_view, new)
         x = x.to(st.output_device)
 
 Everything a step needs on the device was allocated at load (resident buffers, two slots, two
@@ -53,6 +53,10 @@ class Offload:
     def output_device(self) -> torch.device:
         return self.device if self._output_layer is not None else CPU
 
+    def kv_device(self, il: int) -> torch.device:
+        """Where layer il's KV cache lives: VRAM for resident layers, host memory for the others."""
+        return self.device if il in self.resident else CPU
+
     def step(self, n_tokens: int) -> "OffloadStep":
         return OffloadStep(self, n_tokens)
 
@@ -83,6 +87,7 @@ class OffloadStep:
         self.off = off
         self.streamed = set(off.placement.streamed_layers(n_tokens)) if off.streamer is not None else set()
         self.gpu = off.placement.uses_gpu(n_tokens) and (bool(self.streamed) or bool(off.resident))
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __enter__(self) -> "OffloadStep":
         if self.streamed:
@@ -90,8 +95,24 @@ class OffloadStep:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.streamed:
-            self.off.streamer.__exit__(*exc)
+        try:
+            self.flush()
+        finally:
+            if self.streamed:
+                self.off.streamer.__exit__(*exc)
+
+    def write_back(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Copy src (computed on the device) into dst (host memory: a streamed layer's KV cells) once the
+        step's work is enqueued, so the host does not wait for each layer's compute in the middle."""
+        if dst.device == src.device:
+            dst.copy_(src)
+        else:
+            self._pending.append((dst, src))
+
+    def flush(self) -> None:
+        for dst, src in self._pending:
+            dst.copy_(src)
+        self._pending.clear()
 
     def device_of(self, il: int) -> torch.device:
         return self.off.device if (il in self.off.resident or il in self.streamed) else CPU

@@ -80,6 +80,29 @@ def test_a_step_names_the_device_and_weights_of_each_layer():
     off.close()
 
 
+def test_write_back_lands_when_the_step_ends():
+    layers, output = _model()
+    off = Offload(layers, output, Placement(N_LAYERS, 2), device="cpu")
+    host = torch.zeros(3, 4)
+    assert off.kv_device(0) == torch.device("cpu") and off.kv_device(3) == off.device
+    with off.step(1) as st:
+        st.write_back(host[1], torch.ones(4))            # same device: copied at once
+        assert host[1].sum() == 4
+    off.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_write_back_from_the_gpu_is_deferred_to_the_end_of_the_step():
+    layers, output = _model()
+    off = Offload(layers, output, Placement(N_LAYERS, 2), device="cuda")
+    host = torch.zeros(3, 4)
+    with off.step(STREAM_MIN_BATCH) as st:
+        st.write_back(host[2], torch.full((4,), 2.0, device="cuda"))
+        assert host.sum() == 0
+    assert host[2].tolist() == [2.0] * 4
+    off.close()
+
+
 def test_a_placement_for_another_layer_count_is_refused():
     layers, output = _model()
     with pytest.raises(ValueError, match="layers"):
