@@ -1,0 +1,199 @@
+"""Quantized kernels on GGUF blocks: GEMV for decode and dequantization for prefill.
+
+Runs the native library (native/libcellar_kernels.so, through ctypes, which releases the GIL during
+each call) when it is built; otherwise everything goes through torch (`quant.dequantize_torch` +
+matmul). Environment: CELLAR_NO_NATIVE=1 forces the torch path; CELLAR_ISA=scalar|avx2|avx512 caps the
+instruction set the library uses (it never goes above what the CPU has).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.quant import SUPPORTED, GGMLType, QTensor, dequantize_torch
+
+LIB_NAME = "libcellar_kernels.so"   # built by native/build.py next to native/__init__.py
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512-vnni")
+_ABI_VERSION = 1
+
+_lib = None
+AVAILABLE = False
+ISA = "none"
+_threads = 1
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _load_library():
+    if os.environ.get("CELLAR_NO_NATIVE", "") not in ("", "0"):
+        return None
+    path = Path(__file__).resolve().parent.parent / "native" / LIB_NAME
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    if lib.cellar_abi_version() != _ABI_VERSION:
+        return None
+    i64, i32, vp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    lib.cellar_gemv.argtypes = [i32, vp, i64, i64, i64, vp, i32, i64, vp, i64]
+    lib.cellar_dequant.argtypes = [i32, vp, i64, i64, i64, i64, vp, i64, i32]
+    lib.cellar_supports.argtypes = [i32, i64]
+    for name in ("cellar_gemv", "cellar_dequant", "cellar_supports", "cellar_set_isa", "cellar_isa",
+                 "cellar_isa_best", "cellar_set_threads", "cellar_threads"):
+        getattr(lib, name).restype = i32
+    return lib
+
+
+def best_isa() -> str:
+    """The best instruction set this CPU runs with the library ("none" without it)."""
+    return ISA_NAMES[_lib.cellar_isa_best()] if _lib else "none"
+
+
+def set_isa(name: str) -> str:
+    """Cap the instruction set (scalar|avx2|avx512|avx512-vnni); returns the one now in use."""
+    global ISA
+    if _lib is None:
+        return ISA
+    want = name.strip().lower()
+    if want not in ISA_NAMES:
+        raise ValueError(f"unknown instruction set {name!r}; choose one of {', '.join(ISA_NAMES)}")
+    ISA = ISA_NAMES[_lib.cellar_set_isa(ISA_NAMES.index(want))]
+    return ISA
+
+
+def set_threads(n: int) -> int:
+    """Use exactly n threads (the caller's included) from now on; returns n."""
+    global _threads
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"thread count must be at least 1, got {n}")
+    if _lib is not None:
+        n = _lib.cellar_set_threads(n)
+    else:
+        torch.set_num_threads(n)
+    _threads = n
+    return n
+
+
+def get_threads() -> int:
+    return _threads
+
+
+# ---- argument checks -------------------------------------------------------------------------
+def _weight_address(w: QTensor) -> int:
+    data = w.data
+    if isinstance(data, torch.Tensor):
+        if data.dtype != torch.uint8 or not data.is_contiguous() or data.device.type != "cpu":
+            raise ValueError(f"{w.name}: raw blocks must be a contiguous uint8 CPU tensor")
+        n, addr = data.numel(), data.data_ptr()
+    else:
+        if data.dtype != np.uint8 or not data.flags.c_contiguous:
+            raise ValueError(f"{w.name}: raw blocks must be a contiguous uint8 array")
+        n, addr = data.size, data.__array_interface__["data"][0]
+    if n != w.nbytes:
+        raise ValueError(f"{w.name}: {GGMLType(w.qtype).name} {list(w.shape)} needs {w.nbytes} bytes, has {n}")
+    return addr
+
+
+def _check_type(w: QTensor) -> None:
+    if GGMLType(w.qtype) not in SUPPORTED:
+        raise ValueError(f"{w.name}: tensor type {GGMLType(w.qtype).name} is not supported by the kernels")
+
+
+def _check_f32_rows(t: torch.Tensor, what: str, cols: int) -> None:
+    if t.dtype != torch.float32 or t.device.type != "cpu":
+        raise TypeError(f"{what} must be a float32 CPU tensor, got {t.dtype} on {t.device}")
+    if t.dim() not in (1, 2) or t.shape[-1] != cols:
+        raise ValueError(f"{what} must be [{cols}] or [n, {cols}], got {list(t.shape)}")
+    if t.stride(-1) != 1 and t.shape[-1] > 1:
+        raise ValueError(f"{what} rows must be contiguous (stride 1 along the last dimension)")
+
+
+# ---- public kernels ---------------------------------------------------------------------------
+def gemv(w: QTensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out = x @ W.T for x f32 [cols] or [n, cols] (small n); out f32 [rows] or [n, rows]."""
+    _check_type(w)
+    rows, cols = w.rows, w.cols
+    _check_f32_rows(x, "x", cols)
+    out_shape = (rows,) if x.dim() == 1 else (x.shape[0], rows)
+    if out is None:
+        out = torch.empty(out_shape, dtype=torch.float32)
+    else:
+        if tuple(out.shape) != out_shape:
+            raise ValueError(f"out must be {list(out_shape)}, got {list(out.shape)}")
+        _check_f32_rows(out, "out", rows)
+    n = 1 if x.dim() == 1 else x.shape[0]
+    if n == 0:
+        return out
+    if _lib is None:
+        W = dequantize_torch(w.data, w.qtype, (rows, cols))
+        out.copy_(x @ W.T)
+        return out
+    rc = _lib.cellar_gemv(int(w.qtype), _weight_address(w), w.row_bytes, rows, cols, x.data_ptr(), n,
+                          x.stride(0) if x.dim() == 2 else cols, out.data_ptr(),
+                          out.stride(0) if out.dim() == 2 else rows)
+    if rc != 0:
+        raise RuntimeError(f"{w.name}: native gemv failed ({'out of memory' if rc == -2 else 'bad shape'})")
+    return out
+
+
+def dequantize_into(w: QTensor, out: torch.Tensor, row0: int = 0, row1: int | None = None) -> torch.Tensor:
+    """Rows [row0, row1) of w into out (bf16 or f32). out is [w.rows, cols] (rows land at row0..row1)
+    or exactly [row1 - row0, cols] (rows land at 0..). Returns the filled rows of out."""
+    _check_type(w)
+    rows, cols = w.rows, w.cols
+    row1 = rows if row1 is None else int(row1)
+    row0 = int(row0)
+    if not 0 <= row0 <= row1 <= rows:
+        raise ValueError(f"{w.name}: row range [{row0}, {row1}) outside 0..{rows}")
+    if out.dtype not in (torch.bfloat16, torch.float32) or out.device.type != "cpu":
+        raise TypeError(f"out must be a bfloat16 or float32 CPU tensor, got {out.dtype} on {out.device}")
+    if out.dim() != 2 or out.shape[1] != cols or (out.stride(1) != 1 and cols > 1):
+        raise ValueError(f"out must be [rows, {cols}] with contiguous rows, got {list(out.shape)}")
+    if out.shape[0] == rows:
+        dst = out[row0:row1]
+    elif out.shape[0] == row1 - row0:
+        dst = out
+    else:
+        raise ValueError(f"out has {out.shape[0]} rows; need {rows} or {row1 - row0}")
+    if row1 == row0:
+        return dst
+    if _lib is None:
+        rb = w.row_bytes
+        raw = w.data.reshape(-1)[row0 * rb:row1 * rb]
+        dst.copy_(dequantize_torch(raw, w.qtype, (row1 - row0, cols), dst.dtype))
+        return dst
+    rc = _lib.cellar_dequant(int(w.qtype), _weight_address(w), w.row_bytes, row0, row1, cols,
+                             dst.data_ptr(), dst.stride(0), int(dst.dtype == torch.bfloat16))
+    if rc != 0:
+        raise RuntimeError(f"{w.name}: native dequantization failed")
+    return dst
+
+
+def _init() -> None:
+    global _lib, AVAILABLE, ISA
+    _lib = _load_library()
+    AVAILABLE = _lib is not None
+    if _lib is None:
+        ISA = "none"
+        return
+    ISA = ISA_NAMES[_lib.cellar_isa()]
+    want = os.environ.get("CELLAR_ISA", "").strip().lower()
+    if want:
+        if want not in ISA_NAMES:
+            raise ValueError(f"CELLAR_ISA={want!r}: choose one of {', '.join(ISA_NAMES)}")
+        if ISA_NAMES.index(want) < ISA_NAMES.index(ISA):   # lower only
+            set_isa(want)
+    set_threads(_default_threads())
+
+
+_init()

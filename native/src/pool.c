@@ -1,0 +1,118 @@
+/* A persistent pool of worker threads. The calling thread is worker 0, so set_threads(n) starts n-1
+ * pthreads. Workers spin briefly for the next job (low latency between back-to-back GEMVs), then sleep
+ * on a condition variable. One job at a time: a second caller that finds the pool busy runs its job
+ * alone on its own thread instead of waiting. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+#include <sched.h>
+#include "pool.h"
+
+#define MAX_THREADS 256
+
+static pthread_mutex_t use_lock = PTHREAD_MUTEX_INITIALIZER;   /* held by the caller of a job */
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
+
+static pthread_t workers[MAX_THREADS];
+static int n_threads = 1;             /* including the caller */
+static _Atomic unsigned generation;   /* bumped once per job */
+static _Atomic int pending;           /* workers still running the current job */
+static _Atomic int sleeping;          /* workers blocked on wake_cond */
+static _Atomic int quit;
+static pool_task job_fn;
+static void *job_arg;
+static long spin_ns = 100000;         /* how long an idle worker spins before sleeping */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static long now_ns(void) {
+    struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+static void *worker_main(void *p) {
+    const int ith = (int)(intptr_t)p;
+    unsigned seen = atomic_load(&generation);
+    for (;;) {
+        long t0 = now_ns();
+        int spins = 0;
+        while (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
+            cpu_relax();
+            if (++spins % 256 == 0 && now_ns() - t0 > spin_ns) {
+                pthread_mutex_lock(&wake_lock);
+                atomic_fetch_add(&sleeping, 1);
+                while (atomic_load(&generation) == seen) pthread_cond_wait(&wake_cond, &wake_lock);
+                atomic_fetch_sub(&sleeping, 1);
+                pthread_mutex_unlock(&wake_lock);
+            }
+        }
+        seen = atomic_load(&generation);
+        if (atomic_load(&quit)) return NULL;
+        job_fn(job_arg, ith, n_threads);
+        atomic_fetch_sub_explicit(&pending, 1, memory_order_release);
+    }
+}
+
+static void bump_and_wake(void) {
+    pthread_mutex_lock(&wake_lock);   /* pairs with the sleeper's check under the same lock */
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    if (atomic_load(&sleeping)) pthread_cond_broadcast(&wake_cond);
+    pthread_mutex_unlock(&wake_lock);
+}
+
+static void stop_workers(void) {
+    if (n_threads <= 1) return;
+    atomic_store(&quit, 1);
+    bump_and_wake();
+    for (int i = 1; i < n_threads; i++) pthread_join(workers[i], NULL);
+    atomic_store(&quit, 0);
+    n_threads = 1;
+}
+
+int pool_set_threads(int n) {
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    const char *s = getenv("CELLAR_SPIN_US");
+    if (s) spin_ns = atol(s) * 1000L;
+    pthread_mutex_lock(&use_lock);
+    if (n != n_threads) {
+        stop_workers();
+        int started = 1;
+        for (int i = 1; i < n; i++) {
+            if (pthread_create(&workers[i], NULL, worker_main, (void *)(intptr_t)i) != 0) break;
+            started++;
+        }
+        n_threads = started;
+    }
+    pthread_mutex_unlock(&use_lock);
+    return n_threads;
+}
+
+int pool_threads(void) { return n_threads; }
+
+void pool_run(pool_task fn, void *arg, int max_threads) {
+    if (pthread_mutex_trylock(&use_lock) != 0) {   /* pool busy with another caller */
+        fn(arg, 0, 1);
+        return;
+    }
+    if (n_threads == 1 || max_threads <= 1) {
+        pthread_mutex_unlock(&use_lock);
+        fn(arg, 0, 1);
+        return;
+    }
+    job_fn = fn; job_arg = arg;
+    atomic_store(&pending, n_threads - 1);
+    bump_and_wake();
+    fn(arg, 0, n_threads);
+    int spins = 0;
+    while (atomic_load_explicit(&pending, memory_order_acquire) > 0)
+        if (++spins < 100000) cpu_relax(); else sched_yield();
+    pthread_mutex_unlock(&use_lock);
+}

@@ -1,0 +1,216 @@
+/* 32-element block types (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0): x quantized to act_q8, integer dot products,
+ * and row dequantization. Compiled once per ISA (see common.h). */
+#include <math.h>
+#include "common.h"
+#ifdef CK_SIMD
+#include "simd.h"
+#define F16(h) f16s(h)
+#else
+#define F16(h) f16_to_f32(h)
+#endif
+
+void FN(quant_q8)(int cols, const float *x, void *out) {
+    act_q8 *y = (act_q8 *)out;
+    for (int b = 0; b < cols / QK; b++, x += QK) {
+        float amax = 0.f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            int q = (int)lrintf(x[j] * id);
+            y[b].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        y[b].d = d;
+        y[b].s = d * (float)sum;
+    }
+}
+
+/* ---------------- dot products ---------------- */
+
+#ifdef CK_SIMD
+
+#define BLOCK_LOOP(T) \
+    const T *w = (const T *)vw; const act_q8 *y = (const act_q8 *)vy; \
+    __m256 acc = _mm256_setzero_ps(); float extra = 0.f; (void)extra; \
+    for (int b = 0; b < cols / QK; b++)
+
+static float FN(dot_q4_0)(int cols, const void *vw, const void *vy) {
+    BLOCK_LOOP(blk_q4_0) {
+        __m256i q = _mm256_sub_epi8(bytes_from_nibbles(w[b].qs), _mm256_set1_epi8(8));
+        __m256i p = dot_i8i8(q, _mm256_loadu_si256((const __m256i *)y[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float FN(dot_q4_1)(int cols, const void *vw, const void *vy) {
+    BLOCK_LOOP(blk_q4_1) {
+        __m256i p = dot_u8i8(bytes_from_nibbles(w[b].qs), _mm256_loadu_si256((const __m256i *)y[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), acc);
+        extra += F16(w[b].m) * y[b].s;
+    }
+    return hsum_ps(acc) + extra;
+}
+
+static float FN(dot_q5_0)(int cols, const void *vw, const void *vy) {
+    BLOCK_LOOP(blk_q5_0) {
+        /* nibble | (bit ? 0 : 0xF0) read as int8 == nibble + 16*bit - 16 */
+        __m256i hi = _mm256_andnot_si256(bytes_from_bits(w[b].qh), _mm256_set1_epi8((char)0xF0));
+        __m256i q = _mm256_or_si256(bytes_from_nibbles(w[b].qs), hi);
+        __m256i p = dot_i8i8(q, _mm256_loadu_si256((const __m256i *)y[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float FN(dot_q5_1)(int cols, const void *vw, const void *vy) {
+    BLOCK_LOOP(blk_q5_1) {
+        __m256i hi = _mm256_and_si256(bytes_from_bits(w[b].qh), _mm256_set1_epi8(0x10));
+        __m256i q = _mm256_or_si256(bytes_from_nibbles(w[b].qs), hi);
+        __m256i p = dot_u8i8(q, _mm256_loadu_si256((const __m256i *)y[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), acc);
+        extra += F16(w[b].m) * y[b].s;
+    }
+    return hsum_ps(acc) + extra;
+}
+
+static float FN(dot_q8_0)(int cols, const void *vw, const void *vy) {
+    BLOCK_LOOP(blk_q8_0) {
+        __m256i p = dot_i8i8(_mm256_loadu_si256((const __m256i *)w[b].qs),
+                             _mm256_loadu_si256((const __m256i *)y[b].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum_ps(acc);
+}
+
+#else  /* portable */
+
+static float FN(dot_q4_0)(int cols, const void *vw, const void *vy) {
+    const blk_q4_0 *w = vw; const act_q8 *y = vy; float sum = 0.f;
+    for (int b = 0; b < cols / QK; b++) {
+        int s = 0;
+        for (int j = 0; j < 16; j++)
+            s += ((w[b].qs[j] & 0xF) - 8) * y[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * y[b].qs[j + 16];
+        sum += (float)s * f16_to_f32(w[b].d) * y[b].d;
+    }
+    return sum;
+}
+
+static float FN(dot_q4_1)(int cols, const void *vw, const void *vy) {
+    const blk_q4_1 *w = vw; const act_q8 *y = vy; float sum = 0.f;
+    for (int b = 0; b < cols / QK; b++) {
+        int s = 0;
+        for (int j = 0; j < 16; j++)
+            s += (w[b].qs[j] & 0xF) * y[b].qs[j] + (w[b].qs[j] >> 4) * y[b].qs[j + 16];
+        sum += (float)s * f16_to_f32(w[b].d) * y[b].d + f16_to_f32(w[b].m) * y[b].s;
+    }
+    return sum;
+}
+
+static float FN(dot_q5_0)(int cols, const void *vw, const void *vy) {
+    const blk_q5_0 *w = vw; const act_q8 *y = vy; float sum = 0.f;
+    for (int b = 0; b < cols / QK; b++) {
+        uint32_t qh; memcpy(&qh, w[b].qh, 4);
+        int s = 0;
+        for (int j = 0; j < 16; j++) {
+            int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            s += (((w[b].qs[j] & 0xF) | h0) - 16) * y[b].qs[j] + (((w[b].qs[j] >> 4) | h1) - 16) * y[b].qs[j + 16];
+        }
+        sum += (float)s * f16_to_f32(w[b].d) * y[b].d;
+    }
+    return sum;
+}
+
+static float FN(dot_q5_1)(int cols, const void *vw, const void *vy) {
+    const blk_q5_1 *w = vw; const act_q8 *y = vy; float sum = 0.f;
+    for (int b = 0; b < cols / QK; b++) {
+        uint32_t qh; memcpy(&qh, w[b].qh, 4);
+        int s = 0;
+        for (int j = 0; j < 16; j++) {
+            int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            s += ((w[b].qs[j] & 0xF) | h0) * y[b].qs[j] + ((w[b].qs[j] >> 4) | h1) * y[b].qs[j + 16];
+        }
+        sum += (float)s * f16_to_f32(w[b].d) * y[b].d + f16_to_f32(w[b].m) * y[b].s;
+    }
+    return sum;
+}
+
+static float FN(dot_q8_0)(int cols, const void *vw, const void *vy) {
+    const blk_q8_0 *w = vw; const act_q8 *y = vy; float sum = 0.f;
+    for (int b = 0; b < cols / QK; b++) {
+        int s = 0;
+        for (int j = 0; j < QK; j++) s += w[b].qs[j] * y[b].qs[j];
+        sum += (float)s * f16_to_f32(w[b].d) * y[b].d;
+    }
+    return sum;
+}
+
+#endif
+
+/* ---------------- dequantization ---------------- */
+
+static void FN(deq_q4_0)(int cols, const void *vw, float *o) {
+    const blk_q4_0 *w = vw;
+    for (int b = 0; b < cols / QK; b++, o += QK) {
+        const float d = F16(w[b].d);
+        for (int j = 0; j < 16; j++) {
+            o[j] = d * ((w[b].qs[j] & 0xF) - 8);
+            o[j + 16] = d * ((w[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+static void FN(deq_q4_1)(int cols, const void *vw, float *o) {
+    const blk_q4_1 *w = vw;
+    for (int b = 0; b < cols / QK; b++, o += QK) {
+        const float d = F16(w[b].d), m = F16(w[b].m);
+        for (int j = 0; j < 16; j++) {
+            o[j] = d * (w[b].qs[j] & 0xF) + m;
+            o[j + 16] = d * (w[b].qs[j] >> 4) + m;
+        }
+    }
+}
+
+static void FN(deq_q5_0)(int cols, const void *vw, float *o) {
+    const blk_q5_0 *w = vw;
+    for (int b = 0; b < cols / QK; b++, o += QK) {
+        const float d = F16(w[b].d);
+        uint32_t qh; memcpy(&qh, w[b].qh, 4);
+        for (int j = 0; j < 16; j++) {
+            int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            o[j] = d * (((w[b].qs[j] & 0xF) | h0) - 16);
+            o[j + 16] = d * (((w[b].qs[j] >> 4) | h1) - 16);
+        }
+    }
+}
+
+static void FN(deq_q5_1)(int cols, const void *vw, float *o) {
+    const blk_q5_1 *w = vw;
+    for (int b = 0; b < cols / QK; b++, o += QK) {
+        const float d = F16(w[b].d), m = F16(w[b].m);
+        uint32_t qh; memcpy(&qh, w[b].qh, 4);
+        for (int j = 0; j < 16; j++) {
+            int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            o[j] = d * ((w[b].qs[j] & 0xF) | h0) + m;
+            o[j + 16] = d * ((w[b].qs[j] >> 4) | h1) + m;
+        }
+    }
+}
+
+static void FN(deq_q8_0)(int cols, const void *vw, float *o) {
+    const blk_q8_0 *w = vw;
+    for (int b = 0; b < cols / QK; b++, o += QK) {
+        const float d = F16(w[b].d);
+        for (int j = 0; j < QK; j++) o[j] = d * w[b].qs[j];
+    }
+}
+
+void FN(register_q32)(kernel_table *t) {
+    t->quant_q8 = FN(quant_q8);
+    t->dot[T_Q4_0] = FN(dot_q4_0); t->deq[T_Q4_0] = FN(deq_q4_0);
+    t->dot[T_Q4_1] = FN(dot_q4_1); t->deq[T_Q4_1] = FN(deq_q4_1);
+    t->dot[T_Q5_0] = FN(dot_q5_0); t->deq[T_Q5_0] = FN(deq_q5_0);
+    t->dot[T_Q5_1] = FN(dot_q5_1); t->deq[T_Q5_1] = FN(deq_q5_1);
+    t->dot[T_Q8_0] = FN(dot_q8_0); t->deq[T_Q8_0] = FN(deq_q8_0);
+}
