@@ -1,0 +1,112 @@
+"""Byte-level BPE (GGUF tokenizer.ggml.model == "gpt2") with llama.cpp's pre-tokenizer regexes.
+
+The merge loop and byte-level mapping run in HF `tokenizers` (Rust), built directly from the GGUF
+vocabulary and merges: split by each of the pre-type's regexes in turn (llama.cpp applies them in
+sequence, keeping the text between matches), map bytes to GPT-2's printable characters, then merge
+by rank, lowest first, leftmost on ties -- the same order as llama.cpp's llm_tokenizer_bpe_session.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from engine.errors import UnsupportedModel
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+           r"|\s+(?!\S)|\s+")
+_QWEN2 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+          r"|\s+(?!\S)|\s+")
+
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False
+    add_bos: bool = False
+    clean_spaces: bool = True
+
+
+_DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"))
+_L3 = PreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True)
+_Q2 = PreTokenizer((_QWEN2,), clean_spaces=False)
+_STARCODER = PreTokenizer((r"\p{N}", _GPT2))
+
+# tokenizer.ggml.pre -> llama.cpp's regexes and flags (llama-vocab.cpp)
+PRE_TOKENIZERS: dict[str, PreTokenizer] = {
+    "default": _DEFAULT,
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
+                     "lfm2"), _L3),
+    "dbrx": PreTokenizer((_LLAMA3,)), "smaug-bpe": PreTokenizer((_LLAMA3,)),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), _Q2),
+    "stablelm2": PreTokenizer((_QWEN2,)),
+    **dict.fromkeys(("starcoder", "refact", "codeshell", "exaone", "minerva"), _STARCODER),
+    **dict.fromkeys(("smollm", "command-r"), PreTokenizer((r"\p{N}", _GPT2), clean_spaces=False)),
+    **dict.fromkeys(("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de",
+                     "mpt", "olmo", "jais", "trillion", "mellum"), PreTokenizer((_GPT2,))),
+    "falcon": PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")),
+    **dict.fromkeys(("chatglm-bpe", "glm4"), PreTokenizer((_LLAMA3,))),
+}
+
+
+@lru_cache(maxsize=1)
+def byte_maps() -> tuple[dict[int, str], dict[str, int]]:
+    """GPT-2's reversible byte <-> printable character mapping."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    enc = {b: chr(c) for b, c in zip(bs, cs)}
+    return enc, {c: b for b, c in enc.items()}
+
+
+def decode_text(text: str) -> bytes:
+    """A byte-level token's text -> its bytes (llama.cpp's llama_decode_text)."""
+    dec = byte_maps()[1]
+    out = bytearray()
+    for ch in text:
+        b = dec.get(ch)
+        if b is not None:
+            out.append(b)
+        else:
+            out += b"[UNK_BYTE_0x" + ch.encode().hex().encode() + text.encode() + b"]"
+    return bytes(out)
+
+
+def pre_tokenizer_for(pre: str) -> PreTokenizer:
+    p = PRE_TOKENIZERS.get(pre)
+    if p is None:
+        raise UnsupportedModel(f"unknown BPE pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
+                               f"supported: {', '.join(sorted(PRE_TOKENIZERS))}")
+    return p
+
+
+class BPEEncoder:
+    """Raw text (no special tokens) -> ids, exactly as llama.cpp's BPE session."""
+
+    def __init__(self, tokens: list[str], token_to_id: dict[str, int], merges: list[str], pre: PreTokenizer):
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+        pairs = []
+        for m in merges:
+            i = m.find(" ", 1)
+            if i < 0:
+                continue
+            a, b = m[:i], m[i + 1:]
+            if a in token_to_id and b in token_to_id and a + b in token_to_id:
+                pairs.append((a, b))
+        bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges)
+        tok = Tokenizer(bpe)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        self._tok = tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids if text else []

@@ -1,0 +1,183 @@
+"""The vocabulary as llama.cpp loads it from GGUF metadata: token texts, scores, attributes, special ids,
+end-of-generation set, add-BOS/EOS flags, and the special-token partition of raw text."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import BadModelFile
+
+# llama.cpp's token attributes (bit flags) and GGUF token types
+UNDEFINED, UNKNOWN, UNUSED, NORMAL, CONTROL, USER_DEFINED, BYTE = 0, 1, 2, 4, 8, 16, 32
+LSTRIP, RSTRIP = 128, 256
+_TYPE_TO_ATTR = {0: UNDEFINED, 1: NORMAL, 2: UNKNOWN, 3: CONTROL, 4: USER_DEFINED, 5: UNUSED, 6: BYTE}
+
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+              "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
+_FIM_TEXTS = {
+    "pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "sep": ("<|file_sep|>",),
+}
+_EOG_TEXTS = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+))
+_C_SPACE = " \t\n\v\f\r"
+
+
+@dataclass
+class Vocab:
+    model: str                    # "llama" (SPM) or "gpt2" (BPE)
+    pre: str
+    tokens: list[str]
+    scores: list[float]
+    attrs: list[int]
+    token_to_id: dict[str, int]
+    bos_id: int | None
+    eos_id: int | None
+    eot_id: int | None
+    eom_id: int | None
+    unk_id: int | None
+    pad_id: int | None
+    add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool
+    eog_ids: frozenset[int]
+    specials: list[tuple[str, int, int]] = field(default_factory=list)   # (text, id, attr), longest first
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tokens)
+
+    def partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """Split raw text around special-token texts (llama.cpp's tokenizer_st_partition): control and
+        unknown tokens only when parse_special, user-defined tokens always; longest tokens first."""
+        frags: list[str | int] = [text] if text else []
+        skip = (CONTROL | UNKNOWN) if not parse_special else 0
+        for stext, sid, attr in self.specials:
+            if attr & skip or not any(type(f) is str and stext in f for f in frags):
+                continue
+            out: list[str | int] = []
+            for f in frags:
+                if type(f) is not str or stext not in f:
+                    out.append(f)
+                    continue
+                pos = 0
+                while True:
+                    m = f.find(stext, pos)
+                    if m < 0:
+                        if pos < len(f):
+                            out.append(f[pos:])
+                        break
+                    left = f[pos:m]
+                    if attr & LSTRIP:
+                        left = left.rstrip(_C_SPACE)
+                    if left:
+                        out.append(left)
+                    out.append(sid)
+                    pos = m + len(stext)
+                    if attr & RSTRIP:
+                        while pos < len(f) and f[pos] in _C_SPACE:
+                            pos += 1
+            frags = out
+        return frags
+
+
+def _id(meta: dict[str, Any], key: str, default: int | None, n: int) -> int | None:
+    if default is not None and default >= n:
+        default = None
+    v = meta.get(key)
+    if v is None:
+        return default
+    v = int(v)
+    return v if 0 <= v < n else default
+
+
+def _tolist(v: Any) -> list:
+    return v.tolist() if hasattr(v, "tolist") else list(v)
+
+
+def _flag(meta: dict[str, Any], key: str, default: bool) -> bool:
+    v = meta.get(key)
+    return default if v is None else bool(v)
+
+
+def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
+    """Read the vocabulary from GGUF metadata the way llama.cpp does (llama_vocab::impl::load).
+    bpe_add_bos: the BPE pre-tokenizer's add-BOS default, before the metadata overrides it."""
+    model = meta.get("tokenizer.ggml.model")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise BadModelFile("GGUF has no tokenizer.ggml.tokens vocabulary; re-convert the model with its tokenizer")
+    n = len(tokens)
+    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    token_to_id = dict(zip(tokens, range(n)))
+    if len(token_to_id) != n:
+        raise BadModelFile(f"GGUF vocabulary has {n - len(token_to_id)} duplicate tokens; re-convert the model")
+    scores_raw = meta.get("tokenizer.ggml.scores")
+    scores = [float(x) for x in _tolist(scores_raw)] if scores_raw is not None else [0.0] * n
+    types = meta.get("tokenizer.ggml.token_type")
+    if len(scores) < n or (types is not None and len(types) < n):
+        raise BadModelFile("GGUF tokenizer.ggml.scores/token_type are shorter than the vocabulary")
+    attrs = [_TYPE_TO_ATTR.get(t, UNDEFINED) for t in _tolist(types)[:n]] if types is not None else [NORMAL] * n
+
+    spm = model == "llama"
+    bos = _id(meta, "tokenizer.ggml.bos_token_id", 1 if spm else 11, n)
+    eos = _id(meta, "tokenizer.ggml.eos_token_id", 2 if spm else 11, n)
+    unk = _id(meta, "tokenizer.ggml.unknown_token_id", 0 if spm else None, n)
+    pad = _id(meta, "tokenizer.ggml.padding_token_id", None, n)
+    eot = _id(meta, "tokenizer.ggml.eot_token_id", None, n)
+    eom = _id(meta, "tokenizer.ggml.eom_token_id", None, n)
+    fim = {k: _id(meta, f"tokenizer.ggml.fim_{k}_token_id", None, n) for k in ("pad", "rep", "sep")}
+    add_bos = _flag(meta, "tokenizer.ggml.add_bos_token", True if spm else bpe_add_bos)
+    add_eos = _flag(meta, "tokenizer.ggml.add_eos_token", False)
+    add_space_prefix = _flag(meta, "tokenizer.ggml.add_space_prefix", spm)
+
+    def control(i: int) -> None:
+        attrs[i] |= CONTROL
+
+    # auto-detect special tokens by text, as llama.cpp does (they become control tokens)
+    if eot is None:
+        eot = next((token_to_id[t] for t in _EOT_TEXTS if t in token_to_id), None)
+        if eot is not None:
+            control(eot)
+    if eom is None and "<|eom_id|>" in token_to_id:
+        eom = token_to_id["<|eom_id|>"]
+        control(eom)
+    for k, texts in _FIM_TEXTS.items():
+        if fim[k] is None:
+            fim[k] = next((token_to_id[t] for t in texts if t in token_to_id), None)
+            if fim[k] is not None:
+                control(fim[k])
+    for i in range(n):
+        if attrs[i] & CONTROL and "unused" in tokens[i]:
+            attrs[i] |= UNUSED
+    eog = {i for i in fim.values() if i is not None}
+    for t in _EOG_TEXTS:
+        i = token_to_id.get(t)
+        if i is not None:
+            eog.add(i)
+            control(i)
+    for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
+        if t in token_to_id:
+            attrs[token_to_id[t]] = USER_DEFINED
+    eog.update(i for i in (eos, eot, eom) if i is not None)
+    end = token_to_id.get("<|end|>")
+    has = {t for t in ("<|return|>", "<|call|>", "<|calls|>", "<|flush|>") if token_to_id.get(t) in eog}
+    if end in eog and (("<|return|>" in has and has & {"<|call|>", "<|calls|>"}) or {"<|calls|>", "<|flush|>"} <= has):
+        eog.discard(end)
+        attrs[end] = USER_DEFINED
+    s_id = token_to_id.get("</s>")
+    if s_id in eog and token_to_id.get("<|tool_response>") in eog:
+        eog.discard(s_id)
+        attrs[s_id] = NORMAL
+
+    specials = [(tokens[i], i, attrs[i]) for i in range(n) if attrs[i] & (CONTROL | USER_DEFINED | UNKNOWN)]
+    specials.sort(key=lambda s: -len(s[0].encode()))
+    return Vocab(model=str(model), pre=str(meta.get("tokenizer.ggml.pre") or "default"), tokens=tokens,
+                 scores=scores, attrs=attrs, token_to_id=token_to_id, bos_id=bos, eos_id=eos, eot_id=eot,
+                 eom_id=eom, unk_id=unk, pad_id=pad, add_bos=add_bos, add_eos=add_eos,
+                 add_space_prefix=add_space_prefix, eog_ids=frozenset(eog), specials=specials)
