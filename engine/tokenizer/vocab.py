@@ -57,8 +57,10 @@ class Vocab:
         unknown tokens only when parse_special, user-defined tokens always; longest tokens first."""
         frags: list[str | int] = [text] if text else []
         skip = (CONTROL | UNKNOWN) if not parse_special else 0
+        # a special token can only occur if its first (up to) 3 characters do: a cheap prefilter
+        heads = {text[i:i + k] for k in (1, 2, 3) for i in range(len(text) - k + 1)}
         for stext, sid, attr in self.specials:
-            if attr & skip or not any(type(f) is str and stext in f for f in frags):
+            if attr & skip or stext[:3] not in heads or not any(type(f) is str and stext in f for f in frags):
                 continue
             out: list[str | int] = []
             for f in frags:
