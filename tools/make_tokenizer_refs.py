@@ -5,6 +5,11 @@ Run with a Python that has llama-cpp-python (the peer), not the project's venv:
 The project's tokenizer tests compare against the JSON this writes; it is committed, so the tests
 need no peer. Only the vocabulary is loaded (vocab_only), so this takes a few seconds.
 
+Other BPE pre-tokenizers are checked on SmolLM2's vocabulary with tokenizer.ggml.pre swapped: first
+write those vocabulary-only files with the project's venv, then pass their folder to the peer run:
+    .venv/bin/python tools/make_tokenizer_refs.py --write-variants /tmp/tokvariants
+    /tmp/llamacpp-peer/bin/python tools/make_tokenizer_refs.py --variants /tmp/tokvariants
+
 --cpu-init-stub: when the peer's ggml CPU backend was built for a wider ISA than this CPU (it dies with
 SIGILL in ggml_cpu_init), re-run with that init preloaded as a no-op; loading a vocabulary and
 tokenizing never touch the CPU backend's kernels or tables.
@@ -52,6 +57,39 @@ SPECIAL_CASES = [
     "", "Hello world", "<|im_start|>user\nHi<|im_end|>", "<start_of_turn>user\nHi<end_of_turn>",
     "<bos>x<eos>", "<s>inside</s>", "a\n\nb  c",
 ]
+
+
+PRE_VARIANTS = ("llama3", "qwen2", "gpt-2", "default", "starcoder")
+
+
+def write_variants(src: str, out_dir: str) -> None:
+    """SmolLM2's metadata with each tokenizer.ggml.pre of PRE_VARIANTS, no tensors (project venv)."""
+    import gguf
+    import numpy as np
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from engine.gguf import GGUFFile
+    meta = GGUFFile.open(src, read_data=False).metadata
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for pre in PRE_VARIANTS:
+        w = gguf.GGUFWriter(str(Path(out_dir) / f"smollm2-{pre}.gguf"), meta["general.architecture"])
+        for k, v in meta.items():
+            v = pre if k == "tokenizer.ggml.pre" else v
+            if k in ("general.architecture", "general.alignment"):
+                continue
+            if isinstance(v, bool):
+                w.add_bool(k, v)
+            elif isinstance(v, int):
+                w.add_uint32(k, v)
+            elif isinstance(v, float):
+                w.add_float32(k, v)
+            elif isinstance(v, str):
+                w.add_string(k, v)
+            elif isinstance(v, (list, np.ndarray)):
+                w.add_array(k, v.tolist() if isinstance(v, np.ndarray) else v)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
 
 
 def _peer(path: str):
@@ -125,10 +163,21 @@ def main() -> None:
     ap.add_argument("--cpu-init-stub", action="store_true", help="no-op ggml_cpu_init (see above)")
     ap.add_argument("--smollm2", default="/tmp/models/smollm2.gguf")
     ap.add_argument("--gemma3", default="/tmp/models/gemma3.gguf")
+    ap.add_argument("--write-variants", metavar="DIR", help="write SmolLM2 pre-tokenizer variants and exit")
+    ap.add_argument("--variants", metavar="DIR", help="folder of those variants: record their ids too")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/data/tokenizer_corpus.json"))
     args = ap.parse_args()
+    if args.write_variants:
+        write_variants(args.smollm2, args.write_variants)
+        return
     data = {"source": "llama-cpp-python (llama.cpp) vocab_only tokenize/detokenize/token_to_piece",
             "models": {"smollm2": model_refs(args.smollm2), "gemma3": model_refs(args.gemma3)}}
+    if args.variants:
+        data["smollm2_pre_variants"] = {}
+        for pre in PRE_VARIANTS:
+            llm = _peer(str(Path(args.variants) / f"smollm2-{pre}.gguf"))[0]
+            data["smollm2_pre_variants"][pre] = [llm.tokenize(t.encode(), add_bos=False, special=True)
+                                                 for t in CORPUS]
     Path(args.out).write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.out}: {len(CORPUS)} strings x 2 models")
 

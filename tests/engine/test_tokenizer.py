@@ -186,3 +186,13 @@ def test_bad_tokenizer_metadata_is_typed():
 def test_clean_spaces_pass():
     assert _clean_spaces(b"Hello , world ! it 's what we 've got ' ok") == b"Hello, world! it's what we've got'ok"
     assert _clean_spaces(b"") == b""
+
+
+@pytest.mark.parametrize("pre", sorted(CORPUS["smollm2_pre_variants"]))
+def test_other_bpe_pre_tokenizers_match_llama_cpp(smollm2_path, pre):
+    """SmolLM2's vocabulary under each other pre-tokenizer (llama3 digit triples, qwen2, gpt-2, ...)."""
+    meta = dict(GGUFFile.open(smollm2_path, read_data=False).metadata, **{"tokenizer.ggml.pre": pre})
+    tok = tokenizer_from_metadata(meta)
+    texts = [c["text"] for c in CORPUS["models"]["smollm2"]["cases"]]
+    ref = CORPUS["smollm2_pre_variants"][pre]
+    assert [(t, r) for t, r in zip(texts, ref) if tok.encode(t) != r] == []
