@@ -40,7 +40,7 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
         if not isinstance(merges, list):
             raise BadModelFile("GGUF BPE vocabulary has no tokenizer.ggml.merges; re-convert the model")
         vocab = load_vocab(meta, bpe_add_bos=pre.add_bos)
-        enc = BPEEncoder(vocab.tokens, vocab.token_to_id, merges, pre)
+        enc = BPEEncoder(vocab.token_to_id, merges, pre)
         return Tokenizer(vocab, enc, clean_spaces=pre.clean_spaces)
     if model is None:
         raise BadModelFile("GGUF has no tokenizer (tokenizer.ggml.model is missing); re-convert the model "

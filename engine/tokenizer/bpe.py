@@ -90,7 +90,7 @@ def pre_tokenizer_for(pre: str) -> PreTokenizer:
 class BPEEncoder:
     """Raw text (no special tokens) -> ids, exactly as llama.cpp's BPE session."""
 
-    def __init__(self, tokens: list[str], token_to_id: dict[str, int], merges: list[str], pre: PreTokenizer):
+    def __init__(self, token_to_id: dict[str, int], merges: list[str], pre: PreTokenizer):
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
         pairs = []
