@@ -1,0 +1,125 @@
+"""What a GGUF model is, from its metadata and tensor table alone (no tensor bytes read): the
+hyperparameters the memory planner needs, and the summary people look for before loading a model."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from engine.errors import BadModelFile
+
+# Sliding-window layer patterns (llama.cpp's set_swa_pattern): with pattern P, layer il uses the window
+# when il % P < P - 1, i.e. every P-th layer is global. Architectures not listed keep full KV everywhere.
+SWA_PATTERN = {"gemma3": 6, "gemma2": 2, "cohere2": 4}
+
+
+@dataclass(frozen=True)
+class Hparams:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_vocab: int
+    n_ctx_train: int
+    n_head: tuple[int, ...]          # per layer
+    n_head_kv: tuple[int, ...]       # per layer
+    head_dim_k: int
+    head_dim_v: int
+    n_ff: tuple[int, ...]            # per layer
+    swa_window: int                  # 0: no sliding window
+    swa_layers: tuple[bool, ...]     # per layer: True where the layer keeps only the window
+
+    def kv_width(self, il: int) -> tuple[int, int]:
+        """(K, V) values per cell of layer il: n_kv_heads * head_dim."""
+        return self.n_head_kv[il] * self.head_dim_k, self.n_head_kv[il] * self.head_dim_v
+
+    @property
+    def swa_pattern(self) -> str:
+        """'S' for a sliding-window layer, 'G' for a global one, in layer order (empty without SWA)."""
+        return "".join("S" if s else "G" for s in self.swa_layers) if self.swa_window else ""
+
+
+def _per_layer(g, key: str, n_layer: int, default: int | None = None) -> tuple[int, ...]:
+    v = g.get(key)
+    if v is None:
+        if default is None:
+            g.require(key)
+        return (int(default),) * n_layer
+    if isinstance(v, np.ndarray):
+        if v.size != n_layer:
+            raise BadModelFile(f"{g.path.name}: metadata '{key}' has {v.size} values for {n_layer} layers; "
+                               f"the file is corrupt")
+        return tuple(int(x) for x in v)
+    return (int(v),) * n_layer
+
+
+def _positive(g, key: str, value: int) -> int:
+    if value <= 0:
+        raise BadModelFile(f"{g.path.name}: metadata '{key}' is {value}, it must be above 0; the file is corrupt")
+    return value
+
+
+def hparams(g) -> Hparams:
+    """The shape of the model from its metadata (BadModelFile naming a missing or absurd key)."""
+    arch = g.arch
+    p = f"{arch}."
+    n_layer = _positive(g, p + "block_count", int(g.require(p + "block_count")))
+    n_embd = _positive(g, p + "embedding_length", int(g.require(p + "embedding_length")))
+    n_head = _per_layer(g, p + "attention.head_count", n_layer)
+    n_head_kv = _per_layer(g, p + "attention.head_count_kv", n_layer, default=max(n_head))
+    n_ff = _per_layer(g, p + "feed_forward_length", n_layer, default=4 * n_embd)
+    head0 = max(n_head)
+    _positive(g, p + "attention.head_count", head0)
+    hd_k = int(g.get(p + "attention.key_length", n_embd // head0))
+    hd_v = int(g.get(p + "attention.value_length", hd_k))
+    tokens = g.get("tokenizer.ggml.tokens")
+    emb = g.tensors.get("token_embd.weight")
+    n_vocab = int(g.get(p + "vocab_size", len(tokens) if tokens else (emb.shape[0] if emb else 0)))
+    window = int(g.get(p + "attention.sliding_window", 0) or 0)
+    pattern = g.get(p + "attention.sliding_window_pattern")
+    if isinstance(pattern, np.ndarray) and pattern.size == n_layer:
+        swa = tuple(bool(x) for x in pattern)
+    else:
+        every = int(pattern) if isinstance(pattern, int) and pattern > 0 else SWA_PATTERN.get(arch, 0)
+        swa = tuple(bool(window and every and il % every < every - 1) for il in range(n_layer))
+    if not any(swa):
+        window = 0
+    return Hparams(arch, n_layer, n_embd, n_vocab, int(g.get(p + "context_length", 2048)), n_head, n_head_kv,
+                   hd_k, hd_v, n_ff, window, swa)
+
+
+def layer_of(name: str) -> int | None:
+    """The repeating layer a tensor belongs to ('blk.N.'), or None."""
+    if name.startswith("blk."):
+        head = name[4:].split(".", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return None
+
+
+def model_summary(g) -> dict[str, Any]:
+    """Architecture, size, quantization mix and attention shape, as plain JSON-able values."""
+    h = hparams(g)
+    mix: dict[str, dict[str, int]] = defaultdict(lambda: {"tensors": 0, "params": 0, "bytes": 0})
+    for t in g.tensors.values():
+        m = mix[t.qtype.name]
+        m["tensors"] += 1
+        m["params"] += prod(t.shape)
+        m["bytes"] += t.nbytes
+    n_params = sum(m["params"] for m in mix.values())
+    n_bytes = sum(m["bytes"] for m in mix.values())
+    quant = {k: {**v, "bits_per_weight": round(8 * v["bytes"] / v["params"], 3)}
+             for k, v in sorted(mix.items(), key=lambda kv: -kv[1]["bytes"])}
+    template = g.get("tokenizer.chat_template")
+    return {
+        "name": g.get("general.name", g.path.stem), "arch": h.arch, "file": str(g.path), "file_size": g.file_size,
+        "parameters": n_params, "bits_per_weight": round(8 * n_bytes / max(n_params, 1), 3), "quant_mix": quant,
+        "context_length": h.n_ctx_train, "layers": h.n_layer, "embedding_length": h.n_embd,
+        "feed_forward_length": max(h.n_ff), "heads": max(h.n_head), "kv_heads": max(h.n_head_kv),
+        "head_dim": h.head_dim_k, "vocab_size": h.n_vocab,
+        "sliding_window": h.swa_window, "swa_pattern": h.swa_pattern,
+        "swa_layers": sum(h.swa_layers), "tied_embeddings": "output.weight" not in g.tensors,
+        "chat_template": isinstance(template, str) and bool(template.strip()),
+    }
