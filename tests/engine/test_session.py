@@ -1,0 +1,341 @@
+"""Session save/restore: the file format and its validation (on a small in-memory KV cache bound to the
+real GGUF headers), and token-exact continuation on the real models."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine import session, session_file
+from engine.errors import BadSessionFile, CellarError
+from engine.gguf import GGUFFile
+from engine.sampling import Sampler, SamplingParams
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TinyKVModel:
+    """A model-shaped object with a real GGUF header and a small KV cache (a global cache and a
+    sliding-window one), exposing the runtime's session hooks."""
+
+    def __init__(self, gguf_path, n_ctx=64, kv_type="f16", width=8, n_layers=3, window=16):
+        self.gguf = GGUFFile.open(gguf_path, read_data=False)
+        self.arch, self.n_ctx = self.gguf.arch, n_ctx
+        self.opts = SimpleNamespace(kv_type=kv_type)
+        dtype = torch.uint8 if kv_type == "q8_0" else torch.float16
+        self.layout = [session.CacheLayout("global", list(range(n_layers)), n_ctx, width, width, dtype),
+                       session.CacheLayout("swa", [n_layers], min(n_ctx, window), width, width // 2, dtype)]
+        self.kv = {il: (torch.zeros(c.n_cells, c.k_width, dtype=dtype), torch.zeros(c.n_cells, c.v_width, dtype=dtype))
+                   for c in self.layout for il in c.layers}
+        self.pos = [torch.full((c.n_cells,), -1, dtype=torch.long) for c in self.layout]
+        self.seq = [torch.zeros(c.n_cells, dtype=torch.long) for c in self.layout]
+        self.tokens: list[int] = []
+
+    def feed(self, tokens, seed=0):
+        """Pretend to evaluate `tokens`: one cell each (the window cache wraps), random K/V rows."""
+        g = torch.Generator().manual_seed(seed)
+        for t in tokens:
+            p = len(self.tokens)
+            for ci, c in enumerate(self.layout):
+                slot = p % c.n_cells
+                self.pos[ci][slot], self.seq[ci][slot] = p, 1
+                for il in c.layers:
+                    for buf in self.kv[il]:
+                        if buf.dtype == torch.uint8:
+                            buf[slot] = torch.randint(0, 256, (buf.shape[1],), generator=g, dtype=torch.uint8)
+                        else:
+                            buf[slot] = torch.randn(buf.shape[1], generator=g).to(buf.dtype)
+            self.tokens.append(int(t))
+
+    def kv_layout(self):
+        return self.layout
+
+    def export_kv(self, seq_id):
+        caches = []
+        for ci, c in enumerate(self.layout):
+            idx = torch.nonzero(self.seq[ci] & (1 << seq_id)).flatten()
+            caches.append(session.CacheCells(c.name, c.layers, c.n_cells, idx, self.pos[ci][idx], self.seq[ci][idx],
+                                             [self.kv[il][0][idx].clone() for il in c.layers],
+                                             [self.kv[il][1][idx].clone() for il in c.layers]))
+        return session.KVState(list(self.tokens), caches)
+
+    def import_kv(self, seq_id, state):
+        for ci, cc in enumerate(state.caches):
+            self.pos[ci].fill_(-1)
+            self.seq[ci].zero_()
+            self.pos[ci][cc.idx], self.seq[ci][cc.idx] = cc.pos, cc.seq
+            for il, k, v in zip(cc.layers, cc.k, cc.v):
+                self.kv[il][0].zero_()
+                self.kv[il][1].zero_()
+                self.kv[il][0][cc.idx], self.kv[il][1][cc.idx] = k, v
+        self.tokens = list(state.cached)
+
+    def snapshot(self):
+        return (list(self.tokens), [p.clone() for p in self.pos], [s.clone() for s in self.seq],
+                {il: (k.clone(), v.clone()) for il, (k, v) in self.kv.items()})
+
+    def same_as(self, snap) -> bool:
+        tokens, pos, seq, kv = snap
+        return (tokens == self.tokens and all(torch.equal(a, b) for a, b in zip(pos, self.pos))
+                and all(torch.equal(a, b) for a, b in zip(seq, self.seq))
+                and all(torch.equal(kv[il][0], self.kv[il][0]) and torch.equal(kv[il][1], self.kv[il][1])
+                        for il in kv))
+
+
+def seeded_sampler(seed=5):
+    return Sampler(SamplingParams(temperature=0.9, seed=seed))
+
+
+@pytest.fixture
+def tiny(smollm2_path):
+    m = TinyKVModel(smollm2_path)
+    m.feed(range(100, 140))
+    return m
+
+
+def saved(tmp_path, model, tokens=None, name="s.cellar", sampler=None, extra=None):
+    p = tmp_path / name
+    session.save(model, p, tokens=list(model.tokens) + [7] if tokens is None else tokens,
+                 sampler=sampler or seeded_sampler(), extra=extra if extra is not None else {"raw": True})
+    return p
+
+
+# ---------------------------------------------------------------- round trip and size
+
+def test_round_trip_restores_cells_tokens_sampler_and_extra(tmp_path, smollm2_path, tiny):
+    s = seeded_sampler()
+    s.rng.random(3)                                     # move the RNG off its seed
+    p = saved(tmp_path, tiny, sampler=s, extra={"messages": [{"role": "user", "content": "héllo"}], "raw": False})
+    fresh = TinyKVModel(smollm2_path)
+    info = session.load(fresh, p)
+    assert info.tokens == tiny.tokens + [7] and info.n_cached == len(tiny.tokens)
+    assert info.extra == {"messages": [{"role": "user", "content": "héllo"}], "raw": False}
+    assert fresh.same_as(tiny.snapshot())
+    restored = seeded_sampler(seed=999)
+    restored.set_state(info.sampler_state)
+    assert restored.rng.random(5).tolist() == s.rng.random(5).tolist()
+
+
+def test_size_follows_used_cells_not_context(tmp_path, smollm2_path):
+    sizes = {}
+    for ctx in (512, 4096):
+        for n in (10, 200):
+            m = TinyKVModel(smollm2_path, n_ctx=ctx, width=64)
+            m.feed(range(n))
+            sizes[ctx, n] = saved(tmp_path, m, name=f"{ctx}-{n}.cellar").stat().st_size
+    assert abs(sizes[512, 200] - sizes[4096, 200]) < 16        # only the digits of n_ctx differ
+    assert abs(sizes[512, 10] - sizes[4096, 10]) < 16
+    per_cell_global = 3 * 2 * 64 * 2                           # 3 layers, K and V, 64 f16 values
+    grown = sizes[4096, 200] - sizes[4096, 10]
+    assert per_cell_global * 190 <= grown <= per_cell_global * 190 + 190 * 32
+    assert sizes[4096, 10] < 40_000                            # nothing proportional to 4096 cells
+
+
+def test_q8_kv_rows_round_trip_as_bytes(tmp_path, smollm2_path):
+    m = TinyKVModel(smollm2_path, kv_type="q8_0", width=34)
+    m.feed(range(20))
+    p = saved(tmp_path, m)
+    fresh = TinyKVModel(smollm2_path, kv_type="q8_0", width=34)
+    session.load(fresh, p)
+    assert fresh.same_as(m.snapshot())
+
+
+# ---------------------------------------------------------------- refusals leave the model untouched
+
+def assert_refused(model, path, *words):
+    before = model.snapshot()
+    with pytest.raises(BadSessionFile) as e:
+        session.load(model, path)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400
+    for w in words:
+        assert w in msg, msg
+    assert model.same_as(before)
+    return msg
+
+
+def busy_model(smollm2_path, **kw):
+    m = TinyKVModel(smollm2_path, **kw)
+    m.feed(range(500, 505), seed=3)
+    return m
+
+
+def test_truncated_files_are_refused(tmp_path, smollm2_path, tiny):
+    p = saved(tmp_path, tiny)
+    data = p.read_bytes()
+    target = busy_model(smollm2_path)
+    for cut in (0, 3, 8, 40, 63, 64, 100, len(data) // 2, len(data) - 1):
+        q = tmp_path / f"cut{cut}.cellar"
+        q.write_bytes(data[:cut])
+        msg = assert_refused(target, q)
+        assert "truncated" in msg or "empty" in msg
+
+
+def test_flipped_bytes_are_refused(tmp_path, smollm2_path, tiny):
+    p = saved(tmp_path, tiny)
+    data = p.read_bytes()
+    target = busy_model(smollm2_path)
+    hlen = struct.unpack_from("<Q", data, 16)[0]
+    for at in (0, 9, 13, 20, 28, 40, 70, 64 + hlen // 2, 64 + hlen + 10, len(data) - 1):
+        bad = bytearray(data)
+        bad[at] ^= 0x20
+        q = tmp_path / f"flip{at}.cellar"
+        q.write_bytes(bytes(bad))
+        assert_refused(target, q)
+    assert "checksum" in assert_refused(target, q)
+
+
+def rewrite(path, edit_header=None, edit_tensors=None):
+    """Re-sign a session after editing it: what a careless tool or a crafted file would produce."""
+    header, tensors = session_file.read_session_file(path)
+    if edit_header:
+        edit_header(header)
+    if edit_tensors:
+        edit_tensors(tensors)
+    session_file.write_session_file(path, header, tensors)
+    return path
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda h, t: h["caches"][0].update(n_used=10_000), ["cells"]),
+    (lambda h, t: h.update(n_cached=10), ["corrupt"]),
+    (lambda h, t: t.update({"c0.idx": torch.zeros_like(t["c0.idx"])}), ["twice"]),
+    (lambda h, t: t.update({"c0.idx": t["c0.idx"] + 1000}), ["beyond"]),
+    (lambda h, t: t.update({"c1.pos": t["c1.pos"] - 100}), ["positions"]),
+    (lambda h, t: t.update({"tokens": t["tokens"] + 10**8}), ["vocabulary"]),
+    (lambda h, t: t.update({"c0.l1.k": t["c0.l1.k"][:, :4].contiguous()}), ["c0.l1.k"]),
+    (lambda h, t: t.update({"c0.l1.v": t["c0.l1.v"].float()}), ["float32"]),
+    (lambda h, t: t.update({"c0.l2.v": torch.full_like(t["c0.l2.v"], float("nan"))}), ["non-finite"]),
+    (lambda h, t: t.pop("c1.seq"), ["missing"]),
+    (lambda h, t: t.update({"payload.extra": torch.zeros(3)}), ["unexpected"]),
+    (lambda h, t: h.update(sampler={"rng": 5}), ["sampler"]),
+    (lambda h, t: h.pop("kv_type"), ["kv_type"]),
+    (lambda h, t: h["model"].update(arch="gemma3"), ["architecture"]),
+    (lambda h, t: h.update(format="other"), ["not a Cellar session"]),
+])
+def test_consistent_checksum_but_bad_contents_are_refused(tmp_path, smollm2_path, tiny, edit, words):
+    p = saved(tmp_path, tiny)
+    state = {}
+    rewrite(p, edit_header=lambda h: state.setdefault("h", h),
+            edit_tensors=lambda t: edit(state["h"], t))
+    assert_refused(busy_model(smollm2_path), p, *words)
+
+
+def test_session_of_another_model_names_both(tmp_path, smollm2_path, gemma3_path, tiny):
+    p = saved(tmp_path, tiny)
+    other = busy_model(gemma3_path)
+    assert_refused(other, p, "this session was saved with Smollm2 135M", "not Gemma 3 270m")
+
+
+def test_another_file_with_the_same_header_is_another_model(tmp_path, smollm2_path, tiny):
+    p = saved(tmp_path, tiny)
+    twin = tmp_path / "twin.gguf"
+    data = bytearray(Path(smollm2_path).read_bytes())
+    data[-1000] ^= 1                                           # same header, one weight byte differs
+    twin.write_bytes(bytes(data))
+    assert_refused(busy_model(twin), p, "saved with")
+
+
+def test_kv_type_and_context_mismatches_say_what_to_do(tmp_path, smollm2_path, tiny):
+    p = saved(tmp_path, tiny)
+    assert_refused(busy_model(smollm2_path, kv_type="q8_0"), p, "--kv-type f16")
+    assert_refused(busy_model(smollm2_path, n_ctx=32), p, "--ctx")
+
+
+def test_non_session_files_are_refused(tmp_path, smollm2_path):
+    target = busy_model(smollm2_path)
+    q = tmp_path / "x.cellar"
+    q.write_bytes(b"\x80\x04\x95" + b"pickle" * 20)
+    assert_refused(target, q, "not a Cellar session")
+    assert_refused(target, tmp_path / "missing.cellar", "no such")
+    assert_refused(target, tmp_path, "folder")
+
+
+def test_absurd_lengths_are_refused_before_reading(tmp_path, smollm2_path, tiny):
+    p = saved(tmp_path, tiny)
+    data = bytearray(p.read_bytes())
+    target = busy_model(smollm2_path)
+    for off, value, word in ((16, 1 << 40, "more than"), (24, 1 << 60, "truncated"), (24, 0, "unexpected bytes")):
+        bad = bytearray(data)
+        struct.pack_into("<Q", bad, off, value)
+        p.write_bytes(bytes(bad))
+        assert_refused(target, p, word)
+    big = session_file.PREAMBLE.pack(session_file.MAGIC, 1, 0, 2, 1 << 31, b"\0" * 32) + b"{}"
+    p.write_bytes(big)
+    with open(p, "r+b") as f:                                  # sparse: 2 GiB claimed and present
+        f.truncate(len(big) + (1 << 31))
+    assert_refused(target, p, "more than any session")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def test_full_disk_keeps_the_previous_session(tmp_path, smollm2_path, tiny, monkeypatch):
+    p = saved(tmp_path, tiny)
+    before = p.read_bytes()
+    tiny.feed(range(5))
+    calls = []
+
+    def full(fd, data):
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.write(fd, data)
+
+    monkeypatch.setattr(session_file, "_write", full)
+    with pytest.raises(CellarError) as e:
+        saved(tmp_path, tiny)
+    assert "no space left" in str(e.value) and "\n" not in str(e.value)
+    assert p.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.cellar"]     # no temp file left behind
+
+
+def test_crash_mid_write_keeps_the_previous_session(tmp_path, smollm2_path, tiny):
+    p = saved(tmp_path, tiny)
+    before = p.read_bytes()
+    child = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from engine import session, session_file
+from tests.engine.test_session import TinyKVModel, seeded_sampler
+m = TinyKVModel({str(smollm2_path)!r}); m.feed(range(300))
+real, calls = session_file._write, []
+def dying(fd, data):
+    calls.append(1)
+    if len(calls) == 3:                                        # the process dies halfway through the payload
+        real(fd, bytes(data)[:len(data) // 2]); os._exit(9)
+    real(fd, data)
+session_file._write = dying
+session.save(m, {str(p)!r}, tokens=m.tokens, sampler=seeded_sampler(), extra={{}})
+"""
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=120)
+    assert r.returncode == 9, r.stderr.decode()[-2000:]
+    assert p.read_bytes() == before
+    fresh = TinyKVModel(smollm2_path)
+    assert session.load(fresh, p).tokens == tiny.tokens + [7]
+
+
+def test_unwritable_folder_and_bad_extra_are_one_line_errors(tmp_path, tiny):
+    with pytest.raises(CellarError) as e:
+        saved(tmp_path / "no" / "such", tiny)
+    assert "folder does not exist" in str(e.value)
+    with pytest.raises(CellarError) as e:
+        saved(tmp_path, tiny, extra={"x": object()})
+    assert "not plain JSON" in str(e.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_header_is_plain_json(tmp_path, tiny):
+    p = saved(tmp_path, tiny)
+    data = p.read_bytes()
+    hlen = struct.unpack_from("<Q", data, 16)[0]
+    h = json.loads(data[64:64 + hlen])
+    assert h["model"]["arch"] == "llama" and h["n_cached"] == 40 and h["n_tokens"] == 41
+    assert [c["n_used"] for c in h["caches"]] == [40, 16]
