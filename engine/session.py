@@ -133,7 +133,6 @@ def _kv_type(model) -> str:
 def save(model, path, *, tokens: list[int], sampler=None, extra: dict | None = None, seq_id: int = 0) -> None:
     """Write `tokens`, the KV cells of `seq_id`, the sampler state and `extra` (plain JSON) to `path`,
     atomically. Raises CellarError with one line when the disk refuses (the previous file stays)."""
-    t0 = time.perf_counter()
     state = capture(model, seq_id)
     tokens = [int(t) for t in tokens]
     header: dict[str, Any] = {
@@ -159,7 +158,6 @@ def save(model, path, *, tokens: list[int], sampler=None, extra: dict | None = N
             tensors[f"c{ci}.l{il}.k"] = k.detach().cpu()
             tensors[f"c{ci}.l{il}.v"] = v.detach().cpu()
     write_session_file(path, header, tensors)
-    save.last_seconds = time.perf_counter() - t0       # for benchmarks and the status line
 
 
 # ---------------------------------------------------------------- loading

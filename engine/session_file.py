@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import struct
+from glob import escape as glob_escape
 from pathlib import Path
 
 import torch
@@ -78,6 +79,7 @@ def write_session_file(path, header: dict, tensors: dict[str, torch.Tensor]) -> 
     digest.update(payload)
     pre = PREAMBLE.pack(MAGIC, VERSION, 0, len(head), len(payload), digest.digest())
     folder = path.parent if str(path.parent) else Path(".")
+    _clear_stale_temps(folder, path.name)
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     fd = -1
     try:
@@ -100,6 +102,28 @@ def write_session_file(path, header: dict, tensors: dict[str, torch.Tensor]) -> 
         _unlink_quietly(tmp)
         raise
     return PREAMBLE.size + len(head) + len(payload)
+
+
+def _clear_stale_temps(folder: Path, name: str) -> None:
+    """Remove temp files a crashed save of `name` left behind (their process is gone)."""
+    try:
+        entries = list(folder.glob(f".{glob_escape(name)}.*.tmp"))
+    except OSError:
+        return
+    for p in entries:
+        pid = p.name[len(name) + 2:-4]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _unlink_quietly(p)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -320,6 +320,9 @@ session.save(m, {str(p)!r}, tokens=m.tokens, sampler=seeded_sampler(), extra={{}
     assert p.read_bytes() == before
     fresh = TinyKVModel(smollm2_path)
     assert session.load(fresh, p).tokens == tiny.tokens + [7]
+    assert len(list(tmp_path.glob(".s.cellar.*.tmp"))) == 1            # the dead save's temp file
+    saved(tmp_path, tiny)                                               # the next save clears it
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.cellar"]
 
 
 def test_unwritable_folder_and_bad_extra_are_one_line_errors(tmp_path, tiny):
