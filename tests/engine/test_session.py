@@ -342,3 +342,75 @@ def test_header_is_plain_json(tmp_path, tiny):
     h = json.loads(data[64:64 + hlen])
     assert h["model"]["arch"] == "llama" and h["n_cached"] == 40 and h["n_tokens"] == 41
     assert [c["n_used"] for c in h["caches"]] == [40, 16]
+
+
+# ---------------------------------------------------------------- real models: token-exact continuation
+
+def load_model(path, ctx=256):
+    runtime = pytest.importorskip("engine.runtime", reason="the runtime is not part of this tree yet")
+    return runtime.Model.load(path, runtime.LoadOptions(ctx=ctx, threads=2, warmup=False))
+
+
+def continue_after_restore(tmp_path, path, prompt_text, make_sampler, ctx=256, n=12):
+    """(uninterrupted 2n tokens, first n + n after save -> fresh model -> restore, n_eval after restore)."""
+    from engine.prompting import raw_tokens
+    a = load_model(path, ctx)
+    prompt = raw_tokens(a, prompt_text)
+    whole = a.generate(prompt, 2 * n, make_sampler()).tokens
+    a.reset()
+    s1 = make_sampler()
+    first = a.generate(prompt, n, s1).tokens
+    p = tmp_path / "run.cellar"
+    session.save(a, p, tokens=list(prompt) + list(first), sampler=s1, extra={"raw": True})
+    a.close()
+    b = load_model(path, ctx)
+    info = session.load(b, p)
+    assert b.cached_tokens() == info.tokens[:-1] and info.tokens == list(prompt) + list(first)
+    s2 = make_sampler()
+    if info.sampler_state is not None:
+        s2.set_state(info.sampler_state)
+    res = b.generate(info.tokens, n, s2)
+    return whole, list(first) + list(res.tokens), res.n_eval, b, p
+
+
+@pytest.mark.parametrize("make_sampler", [lambda: Sampler(SamplingParams(temperature=0)),
+                                          lambda: Sampler(SamplingParams(temperature=0.9, seed=11))],
+                         ids=["greedy", "seeded"])
+def test_restored_smollm2_continues_token_for_token(tmp_path, smollm2_path, make_sampler):
+    whole, resumed, n_eval, model, _ = continue_after_restore(
+        tmp_path, smollm2_path, "The old lighthouse keeper climbed the stairs and", make_sampler)
+    assert resumed == whole
+    assert n_eval == 1                                   # only the last sampled token was evaluated
+    model.close()
+
+
+def test_restored_gemma3_continues_and_refuses_a_smollm2_session(tmp_path, smollm2_path, gemma3_path):
+    whole, resumed, n_eval, gemma, _ = continue_after_restore(
+        tmp_path, gemma3_path, "Sliding windows keep only recent keys, so", lambda: Sampler(SamplingParams(temperature=0)))
+    assert resumed == whole and n_eval == 1
+    small = TinyKVModel(smollm2_path)
+    small.feed(range(30))
+    foreign = saved(tmp_path, small, name="smol.cellar")
+    before = gemma.cached_tokens()
+    with pytest.raises(BadSessionFile, match="saved with Smollm2 135M.*not Gemma 3 270m"):
+        session.load(gemma, foreign)
+    assert gemma.cached_tokens() == before
+    gemma.close()
+
+
+def test_real_session_size_follows_tokens_not_context(tmp_path, smollm2_path):
+    from engine.prompting import raw_tokens
+    sizes = {}
+    for ctx in (512, 4096):
+        m = load_model(smollm2_path, ctx)
+        prompt = raw_tokens(m, "One two three four five six seven eight nine ten")
+        for extra_tokens in (0, 16):
+            m.reset()
+            m.eval(prompt + list(range(1000, 1000 + extra_tokens)))
+            p = tmp_path / f"{ctx}-{extra_tokens}.cellar"
+            session.save(m, p, tokens=m.cached_tokens(), sampler=None, extra={})
+            sizes[ctx, extra_tokens] = p.stat().st_size
+        m.close()
+    assert abs(sizes[512, 16] - sizes[4096, 16]) < 16
+    per_token = 30 * 2 * 3 * 64 * 2                     # 30 layers, K and V, 3 KV heads x 64, f16
+    assert 16 * per_token <= sizes[4096, 16] - sizes[4096, 0] <= 16 * (per_token + 64)
