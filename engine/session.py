@@ -238,7 +238,8 @@ def _validate(model, layout: list[CacheLayout], path: Path, header: dict, tensor
             raise _bad(path, f"{name} hold ids outside this model's vocabulary of {n_vocab}; the file is corrupt")
     caches_h = _get(path, header, "caches", list)
     if len(caches_h) != len(layout):
-        raise _bad(path, f"the session has {len(caches_h)} KV caches, this model has {len(layout)}; the file is corrupt")
+        raise _bad(path, f"the session has {len(caches_h)} KV caches, this model has {len(layout)}; "
+                         "the file is corrupt")
     known = {"tokens", "cached"}
     caches: list[CacheCells] = []
     for ci, (ch, lay) in enumerate(zip(caches_h, layout)):

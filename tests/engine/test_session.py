@@ -346,15 +346,16 @@ def test_header_is_plain_json(tmp_path, tiny):
 
 # ---------------------------------------------------------------- real models: token-exact continuation
 
-def load_model(path, ctx=256):
+def load_model(path, ctx=256, ubatch=512):
     runtime = pytest.importorskip("engine.runtime", reason="the runtime is not part of this tree yet")
-    return runtime.Model.load(path, runtime.LoadOptions(ctx=ctx, threads=2, warmup=False))
+    return runtime.Model.load(path, runtime.LoadOptions(ctx=ctx, batch=ubatch, ubatch=ubatch, threads=2,
+                                                        warmup=False))
 
 
-def continue_after_restore(tmp_path, path, prompt_text, make_sampler, ctx=256, n=12):
+def continue_after_restore(tmp_path, path, prompt_text, make_sampler, ctx=256, n=12, ubatch=512):
     """(uninterrupted 2n tokens, first n + n after save -> fresh model -> restore, n_eval after restore)."""
     from engine.prompting import raw_tokens
-    a = load_model(path, ctx)
+    a = load_model(path, ctx, ubatch)
     prompt = raw_tokens(a, prompt_text)
     whole = a.generate(prompt, 2 * n, make_sampler()).tokens
     a.reset()
@@ -363,7 +364,7 @@ def continue_after_restore(tmp_path, path, prompt_text, make_sampler, ctx=256, n
     p = tmp_path / "run.cellar"
     session.save(a, p, tokens=list(prompt) + list(first), sampler=s1, extra={"raw": True})
     a.close()
-    b = load_model(path, ctx)
+    b = load_model(path, ctx, ubatch)
     info = session.load(b, p)
     assert b.cached_tokens() == info.tokens[:-1] and info.tokens == list(prompt) + list(first)
     s2 = make_sampler()
@@ -385,9 +386,13 @@ def test_restored_smollm2_continues_token_for_token(tmp_path, smollm2_path, make
 
 
 def test_restored_gemma3_continues_and_refuses_a_smollm2_session(tmp_path, smollm2_path, gemma3_path):
+    # ~600 prompt tokens against a window of 512 (+ ubatch 64 cells): the sliding-window cells wrap
+    text = " ".join(f"Room {i} of the castle holds a {['red', 'blue', 'green'][i % 3]} chest." for i in range(55))
     whole, resumed, n_eval, gemma, _ = continue_after_restore(
-        tmp_path, gemma3_path, "Sliding windows keep only recent keys, so", lambda: Sampler(SamplingParams(temperature=0)))
+        tmp_path, gemma3_path, text + " The chest in room 7 is", lambda: Sampler(SamplingParams(temperature=0)),
+        ctx=1024, ubatch=64)
     assert resumed == whole and n_eval == 1
+    assert len(gemma.cached_tokens()) > 600
     small = TinyKVModel(smollm2_path)
     small.feed(range(30))
     foreign = saved(tmp_path, small, name="smol.cellar")
