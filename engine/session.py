@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from engine.errors import BadSessionFile
+from engine.errors import BadRequest, BadSessionFile
+from engine.sampling import Sampler
 from engine.session_file import MAX_HEADER, PREAMBLE, read_session_file, write_session_file
 
 FORMAT = "cellar-session"
@@ -250,8 +251,11 @@ def _validate(model, layout: list[CacheLayout], path: Path, header: dict, tensor
     if stray:
         raise _bad(path, f"unexpected tensor {stray[0][:60]!r}; the file is corrupt")
     sampler = header.get("sampler")
-    if sampler is not None and not (isinstance(sampler, dict) and isinstance(sampler.get("rng"), dict)):
-        raise _bad(path, "the sampler state is malformed; the file is corrupt")
+    if sampler is not None:
+        try:
+            Sampler().set_state(sampler)
+        except (BadRequest, AttributeError):
+            raise _bad(path, "the sampler state is malformed; the file is corrupt") from None
     extra = header.get("extra", {})
     if not isinstance(extra, dict):
         raise _bad(path, "header field 'extra' is not an object; the file is corrupt")

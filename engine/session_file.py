@@ -201,6 +201,8 @@ def read_session_file(path, *, max_bytes: int | None = None) -> tuple[dict, dict
         header = json.loads(bytes(view[:hlen]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise _fail(path, f"header is not valid JSON ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise _fail(path, "header nests too deeply to be a session; the file is corrupt") from None
     if not isinstance(header, dict):
         raise _fail(path, "header is not a JSON object")
     try:

@@ -217,6 +217,9 @@ def rewrite(path, edit_header=None, edit_tensors=None):
     (lambda h, t: t.pop("c1.seq"), ["missing"]),
     (lambda h, t: t.update({"payload.extra": torch.zeros(3)}), ["unexpected"]),
     (lambda h, t: h.update(sampler={"rng": 5}), ["sampler"]),
+    (lambda h, t: h.update(sampler={"params": {"temperature": -1}, "rng": {}}), ["sampler"]),
+    (lambda h, t: h.update(sampler=[1, 2]), ["sampler"]),
+    (lambda h, t: h.update(extra=[1]), ["extra"]),
     (lambda h, t: h.pop("kv_type"), ["kv_type"]),
     (lambda h, t: h["model"].update(arch="gemma3"), ["architecture"]),
     (lambda h, t: h.update(format="other"), ["not a Cellar session"]),
@@ -273,6 +276,14 @@ def test_absurd_lengths_are_refused_before_reading(tmp_path, smollm2_path, tiny)
     with open(p, "r+b") as f:                                  # sparse: 2 GiB claimed and present
         f.truncate(len(big) + (1 << 31))
     assert_refused(target, p, "more than any session")
+
+
+def test_deeply_nested_header_is_refused(tmp_path, smollm2_path):
+    head = b"[" * 200_000 + b"]" * 200_000
+    digest = __import__("hashlib").sha256(head).digest()
+    p = tmp_path / "deep.cellar"
+    p.write_bytes(session_file.PREAMBLE.pack(session_file.MAGIC, 1, 0, len(head), 0, digest) + head)
+    assert_refused(busy_model(smollm2_path), p, "nests too deeply")
 
 
 # ---------------------------------------------------------------- atomic writes
