@@ -134,6 +134,7 @@ def _kv_type(model) -> str:
 def save(model, path, *, tokens: list[int], sampler=None, extra: dict | None = None, seq_id: int = 0) -> None:
     """Write `tokens`, the KV cells of `seq_id`, the sampler state and `extra` (plain JSON) to `path`,
     atomically. Raises CellarError with one line when the disk refuses (the previous file stays)."""
+    layout = kv_layout(model)
     state = capture(model, seq_id)
     tokens = [int(t) for t in tokens]
     header: dict[str, Any] = {
@@ -143,8 +144,8 @@ def save(model, path, *, tokens: list[int], sampler=None, extra: dict | None = N
         "n_ctx": int(model.n_ctx), "kv_type": _kv_type(model), "seq_id": int(seq_id),
         "n_tokens": len(tokens), "n_cached": len(state.cached),
         "caches": [{"name": c.name, "layers": [int(x) for x in c.layers], "n_cells": int(c.n_cells),
-                    "n_used": int(c.idx.numel()),
-                    "dtype": _DTYPE_NAMES[c.k[0].dtype] if c.k else "f16"} for c in state.caches],
+                    "n_used": int(c.idx.numel()), "dtype": _DTYPE_NAMES[lay.dtype]}
+                   for c, lay in zip(state.caches, layout)],
         "sampler": sampler.get_state() if sampler is not None else None,
         "extra": dict(extra or {}),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -237,6 +238,9 @@ def _validate(model, layout: list[CacheLayout], path: Path, header: dict, tensor
     for name, t in (("tokens", tokens), ("cached", cached)):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_vocab):
             raise _bad(path, f"{name} hold ids outside this model's vocabulary of {n_vocab}; the file is corrupt")
+    saved_seq = _get(path, header, "seq_id", int)
+    if not 0 <= saved_seq < 63:
+        raise _bad(path, f"sequence id {saved_seq} is out of range; the file is corrupt")
     caches_h = _get(path, header, "caches", list)
     if len(caches_h) != len(layout):
         raise _bad(path, f"the session has {len(caches_h)} KV caches, this model has {len(layout)}; "
@@ -244,7 +248,7 @@ def _validate(model, layout: list[CacheLayout], path: Path, header: dict, tensor
     known = {"tokens", "cached"}
     caches: list[CacheCells] = []
     for ci, (ch, lay) in enumerate(zip(caches_h, layout)):
-        caches.append(_validate_cache(path, ci, ch, lay, tensors, n_ctx, n_cached))
+        caches.append(_validate_cache(path, ci, ch, lay, tensors, n_ctx, n_cached, saved_seq))
         known |= {f"c{ci}.idx", f"c{ci}.pos", f"c{ci}.seq"}
         known |= {f"c{ci}.l{il}.{kv}" for il in lay.layers for kv in "kv"}
     stray = sorted(set(tensors) - known)
@@ -265,7 +269,7 @@ def _validate(model, layout: list[CacheLayout], path: Path, header: dict, tensor
 
 
 def _validate_cache(path: Path, ci: int, ch: Any, lay: CacheLayout, tensors: dict, n_ctx: int,
-                    n_cached: int) -> CacheCells:
+                    n_cached: int, saved_seq: int) -> CacheCells:
     if not isinstance(ch, dict):
         raise _bad(path, f"cache {ci} header is not an object; the file is corrupt")
     if ch.get("name") != lay.name or ch.get("layers") != list(lay.layers):
@@ -291,8 +295,8 @@ def _validate_cache(path: Path, ci: int, ch: Any, lay: CacheLayout, tensors: dic
             raise _bad(path, f"cache {lay.name!r} names a cell twice; the file is corrupt")
         if int(pos.min()) < 0 or int(pos.max()) >= n_ctx:
             raise _bad(path, f"cache {lay.name!r} holds positions outside 0..{n_ctx - 1}; the file is corrupt")
-        if bool((seq == 0).any()):
-            raise _bad(path, f"cache {lay.name!r} holds a cell of no sequence; the file is corrupt")
+        if bool((((seq >> saved_seq) & 1) == 0).any()):
+            raise _bad(path, f"cache {lay.name!r} holds a cell outside the saved sequence; the file is corrupt")
     ks = [_tensor(path, tensors, f"c{ci}.l{il}.k", lay.dtype, (n, lay.k_width)) for il in lay.layers]
     vs = [_tensor(path, tensors, f"c{ci}.l{il}.v", lay.dtype, (n, lay.v_width)) for il in lay.layers]
     if lay.dtype.is_floating_point:
@@ -319,5 +323,8 @@ def capture(model, seq_id: int) -> KVState:
 
 
 def apply(model, seq_id: int, state: KVState) -> None:
-    """Replace `seq_id`'s cells with `state` (already validated against the model's layout)."""
+    """Replace `seq_id`'s cells with `state` (already validated against the model's layout). The cells
+    belong to `seq_id` alone here, whichever sequence they were saved from."""
+    for c in state.caches:
+        c.seq = torch.full_like(c.seq, 1 << seq_id)
     model.import_kv(seq_id, state)

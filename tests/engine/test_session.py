@@ -215,6 +215,8 @@ def rewrite(path, edit_header=None, edit_tensors=None):
     (lambda h, t: t.update({"c0.l1.v": t["c0.l1.v"].float()}), ["float32"]),
     (lambda h, t: t.update({"c0.l2.v": torch.full_like(t["c0.l2.v"], float("nan"))}), ["non-finite"]),
     (lambda h, t: t.pop("c1.seq"), ["missing"]),
+    (lambda h, t: t.update({"c1.seq": t["c1.seq"] * 2}), ["outside the saved sequence"]),
+    (lambda h, t: h.update(seq_id=99), ["out of range"]),
     (lambda h, t: t.update({"payload.extra": torch.zeros(3)}), ["unexpected"]),
     (lambda h, t: h.update(sampler={"rng": 5}), ["sampler"]),
     (lambda h, t: h.update(sampler={"params": {"temperature": -1}, "rng": {}}), ["sampler"]),
