@@ -307,6 +307,16 @@ def _validate_cache(path: Path, ci: int, ch: Any, lay: CacheLayout, tensors: dic
 
 
 # ---------------------------------------------------------------- binding to the runtime
+#
+# What this module needs from runtime.Model (three methods; all plain torch, no file I/O):
+#   kv_layout() -> list[CacheLayout | dict]     one entry per KV cache, stable order; for q8_0 the
+#                                               dtype is uint8 and the widths are bytes per row
+#   export_kv(seq_id) -> KVState | dict         copies of seq_id's used cells in every cache (slot,
+#                                               position, seq-id bitmask, K/V rows per layer) and the
+#                                               tokens they hold; must not change the model
+#   import_kv(seq_id, state: KVState) -> None   drop seq_id's cells, write these into the named slots,
+#                                               set cached_tokens(seq_id) = state.cached; called only
+#                                               after the whole file has been validated
 
 def kv_layout(model) -> list[CacheLayout]:
     """The model's KV caches: names, layers, capacity, row widths and dtype."""
