@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.errors import BadRequest, BadSessionFile
@@ -44,6 +45,9 @@ class CacheCells:
     seq: torch.Tensor                     # int64 [n]  bitmask of the sequence ids sharing each slot
     k: list[torch.Tensor] = field(default_factory=list)   # per layer [n, k_width]
     v: list[torch.Tensor] = field(default_factory=list)   # per layer [n, v_width]
+    shift: torch.Tensor | None = None     # int64 [n]  RoPE shift not yet applied to K (None: none)
+    head: int = 0                         # where the next slot search starts (keeps new tokens' slots
+                                          # where an uninterrupted run would put them)
 
 
 @dataclass
@@ -144,7 +148,7 @@ def save(model, path, *, tokens: list[int], sampler=None, extra: dict | None = N
         "n_ctx": int(model.n_ctx), "kv_type": _kv_type(model), "seq_id": int(seq_id),
         "n_tokens": len(tokens), "n_cached": len(state.cached),
         "caches": [{"name": c.name, "layers": [int(x) for x in c.layers], "n_cells": int(c.n_cells),
-                    "n_used": int(c.idx.numel()), "dtype": _DTYPE_NAMES[lay.dtype]}
+                    "n_used": int(c.idx.numel()), "dtype": _DTYPE_NAMES[lay.dtype], "head": int(c.head)}
                    for c, lay in zip(state.caches, layout)],
         "sampler": sampler.get_state() if sampler is not None else None,
         "extra": dict(extra or {}),
@@ -156,6 +160,7 @@ def save(model, path, *, tokens: list[int], sampler=None, extra: dict | None = N
         tensors[f"c{ci}.idx"] = c.idx.to(torch.int32)
         tensors[f"c{ci}.pos"] = c.pos.to(torch.int32)
         tensors[f"c{ci}.seq"] = c.seq.to(torch.int64)
+        tensors[f"c{ci}.shift"] = (c.shift if c.shift is not None else torch.zeros_like(c.idx)).to(torch.int64)
         for il, k, v in zip(c.layers, c.k, c.v):
             tensors[f"c{ci}.l{il}.k"] = k.detach().cpu()
             tensors[f"c{ci}.l{il}.v"] = v.detach().cpu()
@@ -175,11 +180,11 @@ def load(model, path, *, seq_id: int = 0) -> SessionInfo:
 
 
 def _max_file_bytes(model, layout: list[CacheLayout]) -> int:
-    per_cell = lambda c: 16 + len(c.layers) * (c.k_width + c.v_width) * torch.empty(0, dtype=c.dtype).element_size()
+    per_cell = lambda c: 24 + len(c.layers) * (c.k_width + c.v_width) * torch.empty(0, dtype=c.dtype).element_size()
     kv = sum(c.n_cells * per_cell(c) for c in layout)
     # + the cached tokens, a history of up to 4M tokens (it may have outgrown the context), and a
     # small safetensors entry per tensor
-    n_tensors = 2 + sum(3 + 2 * len(c.layers) for c in layout)
+    n_tensors = 2 + sum(4 + 2 * len(c.layers) for c in layout)
     return PREAMBLE.size + MAX_HEADER + kv + 4 * int(model.n_ctx) + (16 << 20) + 256 * n_tensors
 
 
@@ -249,7 +254,7 @@ def _validate(model, layout: list[CacheLayout], path: Path, header: dict, tensor
     caches: list[CacheCells] = []
     for ci, (ch, lay) in enumerate(zip(caches_h, layout)):
         caches.append(_validate_cache(path, ci, ch, lay, tensors, n_ctx, n_cached, saved_seq))
-        known |= {f"c{ci}.idx", f"c{ci}.pos", f"c{ci}.seq"}
+        known |= {f"c{ci}.idx", f"c{ci}.pos", f"c{ci}.seq", f"c{ci}.shift"}
         known |= {f"c{ci}.l{il}.{kv}" for il in lay.layers for kv in "kv"}
     stray = sorted(set(tensors) - known)
     if stray:
@@ -287,6 +292,11 @@ def _validate_cache(path: Path, ci: int, ch: Any, lay: CacheLayout, tensors: dic
     idx = _tensor(path, tensors, f"c{ci}.idx", torch.int32, (n,)).long()
     pos = _tensor(path, tensors, f"c{ci}.pos", torch.int32, (n,)).long()
     seq = _tensor(path, tensors, f"c{ci}.seq", torch.int64, (n,))
+    shift = _tensor(path, tensors, f"c{ci}.shift", torch.int64, (n,))
+    head = _get(path, ch, "head", int, f"caches[{ci}].head")
+    if not 0 <= head < max(lay.n_cells, 1):
+        raise _bad(path, f"cache {lay.name!r} starts its slot search at {head}, beyond its {lay.n_cells} cells; "
+                         "load the model with the --ctx it was saved with")
     if n:
         if int(idx.min()) < 0 or int(idx.max()) >= lay.n_cells:
             raise _bad(path, f"cache {lay.name!r} names cell {int(idx.max())}, beyond its {lay.n_cells} cells; "
@@ -295,6 +305,9 @@ def _validate_cache(path: Path, ci: int, ch: Any, lay: CacheLayout, tensors: dic
             raise _bad(path, f"cache {lay.name!r} names a cell twice; the file is corrupt")
         if int(pos.min()) < 0 or int(pos.max()) >= n_ctx:
             raise _bad(path, f"cache {lay.name!r} holds positions outside 0..{n_ctx - 1}; the file is corrupt")
+        if int(shift.abs().max()) >= n_ctx:
+            raise _bad(path, f"cache {lay.name!r} holds a pending shift of {int(shift.abs().max())} positions, "
+                             "more than the context; the file is corrupt")
         if bool((((seq >> saved_seq) & 1) == 0).any()):
             raise _bad(path, f"cache {lay.name!r} holds a cell outside the saved sequence; the file is corrupt")
     ks = [_tensor(path, tensors, f"c{ci}.l{il}.k", lay.dtype, (n, lay.k_width)) for il in lay.layers]
@@ -303,7 +316,7 @@ def _validate_cache(path: Path, ci: int, ch: Any, lay: CacheLayout, tensors: dic
         for il, k, v in zip(lay.layers, ks, vs):
             if not (bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all())):
                 raise _bad(path, f"layer {il} holds non-finite K/V values; the file is corrupt")
-    return CacheCells(lay.name, list(lay.layers), lay.n_cells, idx, pos, seq, ks, vs)
+    return CacheCells(lay.name, list(lay.layers), lay.n_cells, idx, pos, seq, ks, vs, shift, head)
 
 
 # ---------------------------------------------------------------- binding to the runtime
@@ -338,3 +351,50 @@ def apply(model, seq_id: int, state: KVState) -> None:
     for c in state.caches:
         c.seq = torch.full_like(c.seq, 1 << seq_id)
     model.import_kv(seq_id, state)
+
+
+# ---------------------------------------------------------------- engine.kv_cache.KVMemory, directly
+# (what runtime.Model's hooks can delegate to: they add only the cached tokens of the sequence)
+
+def memory_layout(mem) -> list[CacheLayout]:
+    return [CacheLayout(c.name, list(c.layers), c.n_cells, int(c.k[c.layers[0]].shape[1]),
+                        int(c.v[c.layers[0]].shape[1]), c.dtype) for c in mem.caches]
+
+
+def export_memory(mem, seq_id: int, cached: list[int]) -> KVState:
+    """Copies of seq_id's cells in every cache of a KVMemory (the cache is not changed)."""
+    caches = []
+    for c in mem.caches:
+        sel = np.flatnonzero((c.seq >> seq_id) & 1)
+        idx = torch.from_numpy(sel)
+        caches.append(CacheCells(
+            c.name, list(c.layers), c.n_cells, idx, torch.from_numpy(c.pos[sel].copy()),
+            torch.from_numpy(c.seq[sel].copy()),
+            [c.k[il].index_select(0, idx.to(c.k[il].device)).cpu() for il in c.layers],
+            [c.v[il].index_select(0, idx.to(c.v[il].device)).cpu() for il in c.layers],
+            torch.from_numpy(c.shift[sel].copy()), int(c.head)))
+    return KVState(list(cached), caches)
+
+
+def check_memory_free(mem, seq_id: int, state: KVState) -> None:
+    """Refuse (changing nothing) when another sequence holds a cell this session needs."""
+    for c, cc in zip(mem.caches, state.caches):
+        held = c.seq[cc.idx.numpy()] & ~np.int64(1 << seq_id)
+        if held.any():
+            raise BadRequest("the KV cells this session needs are in use by another conversation; "
+                             "reset the model (or that conversation) first")
+
+
+def import_memory(mem, seq_id: int, state: KVState) -> None:
+    """Replace seq_id's cells in every cache with `state`'s, in the same slots."""
+    check_memory_free(mem, seq_id, state)
+    for c, cc in zip(mem.caches, state.caches):
+        c.seq_rm(seq_id)
+        sel = cc.idx.numpy()
+        c.pos[sel], c.seq[sel] = cc.pos.numpy(), cc.seq.numpy()
+        c.shift[sel] = cc.shift.numpy() if cc.shift is not None else 0
+        c.has_shift = bool(c.shift.any())
+        for il, k, v in zip(c.layers, cc.k, cc.v):
+            c.k[il].index_copy_(0, cc.idx.to(c.k[il].device), k.to(c.k[il].device))
+            c.v[il].index_copy_(0, cc.idx.to(c.v[il].device), v.to(c.v[il].device))
+        c.head = int(cc.head)

@@ -11,83 +11,64 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from engine import session, session_file
-from engine.errors import BadSessionFile, CellarError
+from engine.errors import BadRequest, BadSessionFile, CellarError
 from engine.gguf import GGUFFile
+from engine.kv_cache import KVCache, KVMemory
 from engine.sampling import Sampler, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class TinyKVModel:
-    """A model-shaped object with a real GGUF header and a small KV cache (a global cache and a
-    sliding-window one), exposing the runtime's session hooks."""
+    """A model-shaped object: a real GGUF header and a small engine.kv_cache.KVMemory (a global cache and
+    a sliding-window one) filled with random rows, exposing the runtime's session hooks."""
 
-    def __init__(self, gguf_path, n_ctx=64, kv_type="f16", width=8, n_layers=3, window=16):
+    def __init__(self, gguf_path, n_ctx=64, kv_type="f16", width=32, n_layers=3, window=12):
         self.gguf = GGUFFile.open(gguf_path, read_data=False)
         self.arch, self.n_ctx = self.gguf.arch, n_ctx
         self.opts = SimpleNamespace(kv_type=kv_type)
-        dtype = torch.uint8 if kv_type == "q8_0" else torch.float16
-        self.layout = [session.CacheLayout("global", list(range(n_layers)), n_ctx, width, width, dtype),
-                       session.CacheLayout("swa", [n_layers], min(n_ctx, window), width, width // 2, dtype)]
-        self.kv = {il: (torch.zeros(c.n_cells, c.k_width, dtype=dtype), torch.zeros(c.n_cells, c.v_width, dtype=dtype))
-                   for c in self.layout for il in c.layers}
-        self.pos = [torch.full((c.n_cells,), -1, dtype=torch.long) for c in self.layout]
-        self.seq = [torch.zeros(c.n_cells, dtype=torch.long) for c in self.layout]
+        self.kv = KVMemory([KVCache("global", list(range(n_layers)), n_ctx, width, width, kv_type),
+                            KVCache("swa", [n_layers], min(n_ctx, window + 4), width, width, kv_type,
+                                    swa_window=window)])
         self.tokens: list[int] = []
 
     def feed(self, tokens, seed=0):
-        """Pretend to evaluate `tokens`: one cell each (the window cache wraps), random K/V rows."""
+        """Pretend to evaluate `tokens` one at a time: claim cells as the runtime would, random K/V."""
         g = torch.Generator().manual_seed(seed)
         for t in tokens:
-            p = len(self.tokens)
-            for ci, c in enumerate(self.layout):
-                slot = p % c.n_cells
-                self.pos[ci][slot], self.seq[ci][slot] = p, 1
+            pos = np.array([len(self.tokens)])
+            slots = self.kv.find_slot(pos, 0)
+            for c, sl in zip(self.kv.caches, slots):
                 for il in c.layers:
-                    for buf in self.kv[il]:
-                        if buf.dtype == torch.uint8:
-                            buf[slot] = torch.randint(0, 256, (buf.shape[1],), generator=g, dtype=torch.uint8)
-                        else:
-                            buf[slot] = torch.randn(buf.shape[1], generator=g).to(buf.dtype)
+                    c.write(il, sl, torch.randn(1, c.k_width, generator=g), torch.randn(1, c.v_width, generator=g))
             self.tokens.append(int(t))
 
     def kv_layout(self):
-        return self.layout
+        return session.memory_layout(self.kv)
 
     def export_kv(self, seq_id):
-        caches = []
-        for ci, c in enumerate(self.layout):
-            idx = torch.nonzero(self.seq[ci] & (1 << seq_id)).flatten()
-            caches.append(session.CacheCells(c.name, c.layers, c.n_cells, idx, self.pos[ci][idx], self.seq[ci][idx],
-                                             [self.kv[il][0][idx].clone() for il in c.layers],
-                                             [self.kv[il][1][idx].clone() for il in c.layers]))
-        return session.KVState(list(self.tokens), caches)
+        return session.export_memory(self.kv, seq_id, self.tokens)
 
     def import_kv(self, seq_id, state):
-        for ci, cc in enumerate(state.caches):
-            self.pos[ci].fill_(-1)
-            self.seq[ci].zero_()
-            self.pos[ci][cc.idx], self.seq[ci][cc.idx] = cc.pos, cc.seq
-            for il, k, v in zip(cc.layers, cc.k, cc.v):
-                self.kv[il][0].zero_()
-                self.kv[il][1].zero_()
-                self.kv[il][0][cc.idx], self.kv[il][1][cc.idx] = k, v
+        session.import_memory(self.kv, seq_id, state)
         self.tokens = list(state.cached)
 
     def snapshot(self):
-        return (list(self.tokens), [p.clone() for p in self.pos], [s.clone() for s in self.seq],
-                {il: (k.clone(), v.clone()) for il, (k, v) in self.kv.items()})
+        return (list(self.tokens), [(c.pos.copy(), c.seq.copy(), c.shift.copy(), c.head) for c in self.kv.caches],
+                {il: (c.k[il].clone(), c.v[il].clone()) for c in self.kv.caches for il in c.layers})
 
     def same_as(self, snap) -> bool:
-        tokens, pos, seq, kv = snap
-        return (tokens == self.tokens and all(torch.equal(a, b) for a, b in zip(pos, self.pos))
-                and all(torch.equal(a, b) for a, b in zip(seq, self.seq))
-                and all(torch.equal(kv[il][0], self.kv[il][0]) and torch.equal(kv[il][1], self.kv[il][1])
-                        for il in kv))
+        tokens, cells, kv = snap
+        return (tokens == self.tokens
+                and all(np.array_equal(p, c.pos) and np.array_equal(s, c.seq) and np.array_equal(sh, c.shift)
+                        and h == c.head for (p, s, sh, h), c in zip(cells, self.kv.caches))
+                and all(torch.equal(kv[il][0], c.k[il]) and torch.equal(kv[il][1], c.v[il])
+                        for c in self.kv.caches for il in c.layers))
 
 
 def seeded_sampler(seed=5):
@@ -124,6 +105,30 @@ def test_round_trip_restores_cells_tokens_sampler_and_extra(tmp_path, smollm2_pa
     assert restored.rng.random(5).tolist() == s.rng.random(5).tolist()
 
 
+def test_restored_cache_places_the_next_tokens_where_the_original_does(tmp_path, smollm2_path, tiny):
+    tiny.kv.seq_add(0, 30, 40, -2)                      # a pending RoPE shift must survive too
+    p = saved(tmp_path, tiny)
+    fresh = TinyKVModel(smollm2_path)
+    fresh.feed(range(900, 911), seed=9)                 # whatever it held before is replaced
+    session.load(fresh, p)
+    assert fresh.same_as(tiny.snapshot()) and fresh.kv.caches[0].has_shift
+    for m in (tiny, fresh):
+        m.kv.apply_shift(lambda il, k, delta: k + delta[:, None].float())
+        m.feed(range(20), seed=4)                       # the window cache reuses cells: same ones in both
+    assert fresh.same_as(tiny.snapshot())
+
+
+def test_cells_held_by_another_conversation_are_not_overwritten(tmp_path, smollm2_path, tiny):
+    p = saved(tmp_path, tiny)
+    other = TinyKVModel(smollm2_path)
+    other.feed(range(3))
+    other.kv.seq_cp(0, 1)                               # sequence 1 shares the first cells
+    before = other.snapshot()
+    with pytest.raises(BadRequest, match="in use by another conversation"):
+        session.load(other, p)
+    assert other.same_as(before)
+
+
 def test_size_follows_used_cells_not_context(tmp_path, smollm2_path):
     sizes = {}
     for ctx in (512, 4096):
@@ -133,17 +138,18 @@ def test_size_follows_used_cells_not_context(tmp_path, smollm2_path):
             sizes[ctx, n] = saved(tmp_path, m, name=f"{ctx}-{n}.cellar").stat().st_size
     assert abs(sizes[512, 200] - sizes[4096, 200]) < 16        # only the digits of n_ctx differ
     assert abs(sizes[512, 10] - sizes[4096, 10]) < 16
-    per_cell_global = 3 * 2 * 64 * 2                           # 3 layers, K and V, 64 f16 values
-    grown = sizes[4096, 200] - sizes[4096, 10]
-    assert per_cell_global * 190 <= grown <= per_cell_global * 190 + 190 * 32
+    per_cell = 3 * 2 * 64 * 2 + 24 + 8                         # 3 layers' K and V (64 f16 each), slot,
+    grown = sizes[4096, 200] - sizes[4096, 10]                 # position, seq, shift, 2 token lists
+    swa_fill = 6 * (2 * 64 * 2 + 24)                           # the window cache's last 6 of 16 cells
+    assert per_cell * 190 + swa_fill <= grown <= per_cell * 190 + swa_fill + 200
     assert sizes[4096, 10] < 40_000                            # nothing proportional to 4096 cells
 
 
 def test_q8_kv_rows_round_trip_as_bytes(tmp_path, smollm2_path):
-    m = TinyKVModel(smollm2_path, kv_type="q8_0", width=34)
+    m = TinyKVModel(smollm2_path, kv_type="q8_0", width=64)
     m.feed(range(20))
     p = saved(tmp_path, m)
-    fresh = TinyKVModel(smollm2_path, kv_type="q8_0", width=34)
+    fresh = TinyKVModel(smollm2_path, kv_type="q8_0", width=64)
     session.load(fresh, p)
     assert fresh.same_as(m.snapshot())
 
@@ -318,7 +324,7 @@ import os, sys
 sys.path.insert(0, {str(ROOT)!r})
 from engine import session, session_file
 from tests.engine.test_session import TinyKVModel, seeded_sampler
-m = TinyKVModel({str(smollm2_path)!r}); m.feed(range(300))
+m = TinyKVModel({str(smollm2_path)!r}, n_ctx=512); m.feed(range(300))
 real, calls = session_file._write, []
 def dying(fd, data):
     calls.append(1)
