@@ -1,0 +1,293 @@
+"""The KV cache: cells, sequences and sliding windows, as llama.cpp keeps them.
+
+    kv = KVMemory([KVCache("global", [5, 11], n_cells=4096, k_width=256, v_width=256),
+                   KVCache("swa", [0, 1, 2, 3, 4, ...], n_cells=1024, ..., swa_window=512)])
+    slots = kv.find_slot(pos, seq_id)         # per cache: cells for a ubatch (None when full)
+    kv.cache_of(il).write(il, slots[ci], k, v); k, v = cache.read(il, n_kv); mask = cache.mask(...)
+    kv.seq_rm(0, 100, -1); kv.seq_add(0, 50, 100, -25); kv.apply_shift(rope_shift)
+
+A cache is an array of cells; each cell holds one token position and the set of sequences (a
+bitmask) that share it. Layers sharing a cache share its cells; each layer has its own K and V rows
+(`n_cells x width`, in f16, bf16, or q8_0 blocks of 34 bytes per 32 values). A sliding-window cache
+reuses a cell once it has left the window of its sequence's next position (llama.cpp's find_slot),
+so it needs only window + ubatch cells. seq_add moves positions and records how far each cell moved;
+apply_shift re-rotates those cells' K (RoPE is additive in the position) before the next compute.
+Attention reads only cells [0, n_kv), the range in use.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from engine.quant import GGMLType, dequantize_torch
+
+KV_TYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "q8_0": torch.uint8}
+Q8_BLOCK, Q8_BYTES = 32, 34
+MAX_SEQ = 63                     # sequence ids are bits of an int64 mask
+
+RopeShift = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]   # (layer, K f32 [m, width], delta [m])
+
+
+def row_width(kv_type: str, width: int) -> int:
+    """Elements (bytes for q8_0) a K or V row takes in the cache."""
+    if kv_type == "q8_0":
+        if width % Q8_BLOCK:
+            raise ValueError(f"q8_0 KV needs a row width divisible by {Q8_BLOCK}, got {width}")
+        return width // Q8_BLOCK * Q8_BYTES
+    return width
+
+
+def quantize_q8_0(x: torch.Tensor) -> torch.Tensor:
+    """f32 [n, width] -> uint8 [n, width/32*34] ggml q8_0 blocks (f16 scale, 32 int8)."""
+    n, width = x.shape
+    b = x.reshape(n, width // Q8_BLOCK, Q8_BLOCK).float()
+    d = b.abs().amax(-1, keepdim=True) / 127.0
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    v = b * inv
+    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).to(torch.int8)         # roundf: half away from zero
+    scale = d.to(torch.float16).view(torch.uint8).reshape(n, -1, 2)
+    return torch.cat([scale, q.view(torch.uint8)], -1).reshape(n, -1)
+
+
+def _bit(seq_id: int) -> int:
+    if not 0 <= seq_id <= MAX_SEQ - 1:
+        raise ValueError(f"sequence id {seq_id} out of range 0..{MAX_SEQ - 1}")
+    return 1 << seq_id
+
+
+class KVCache:
+    """Cells shared by a group of layers, with each layer's K and V rows."""
+
+    def __init__(self, name: str, layers: list[int], n_cells: int, k_width: int, v_width: int,
+                 kv_type: str = "f16", swa_window: int = 0):
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"unknown KV type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
+        self.name, self.layers, self.n_cells = name, list(layers), int(n_cells)
+        self.k_width, self.v_width, self.kv_type = k_width, v_width, kv_type
+        self.swa_window = int(swa_window)
+        self.dtype = KV_TYPES[kv_type]
+        self.pos = np.full(self.n_cells, -1, dtype=np.int64)
+        self.seq = np.zeros(self.n_cells, dtype=np.int64)
+        self.shift = np.zeros(self.n_cells, dtype=np.int64)
+        self.has_shift = False
+        self.head = 0
+        # allocated and touched now (zeros writes every page), so the first reply allocates nothing
+        self.k = {il: torch.zeros(self.n_cells, row_width(kv_type, k_width), dtype=self.dtype) for il in layers}
+        self.v = {il: torch.zeros(self.n_cells, row_width(kv_type, v_width), dtype=self.dtype) for il in layers}
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for d in (self.k, self.v) for t in d.values())
+
+    def used(self) -> int:
+        return int((self.seq != 0).sum())
+
+    def n_kv(self) -> int:
+        """Cells attention must read: up to the last one in use."""
+        nz = np.flatnonzero(self.seq)
+        return int(nz[-1]) + 1 if nz.size else 0
+
+    def _cells_of(self, seq_id: int, p0: int = 0, p1: int = -1) -> np.ndarray:
+        p1 = np.iinfo(np.int64).max if p1 < 0 else p1
+        m = (self.seq & _bit(seq_id)) != 0
+        return m & (self.pos >= max(p0, 0)) & (self.pos < p1)
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        m = (self.seq & _bit(seq_id)) != 0
+        return int(self.pos[m].min()) if m.any() else -1
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        m = (self.seq & _bit(seq_id)) != 0
+        return int(self.pos[m].max()) if m.any() else -1
+
+    def _free(self, m: np.ndarray) -> None:
+        self.seq[m] = 0
+        self.pos[m] = -1
+        self.shift[m] = 0
+
+    def clear(self) -> None:
+        self._free(np.ones(self.n_cells, dtype=bool))
+        self.head = 0
+        self.has_shift = False
+
+    # ---- sequence operations (llama_memory_seq_*) ------------------------------------------------
+    def seq_rm(self, seq_id: int, p0: int = 0, p1: int = -1) -> None:
+        """Drop seq_id from cells with p0 <= pos < p1 (p1 < 0: to the end); seq_id < 0: every sequence."""
+        if seq_id < 0:
+            p1v = np.iinfo(np.int64).max if p1 < 0 else p1
+            m = (self.seq != 0) & (self.pos >= max(p0, 0)) & (self.pos < p1v)
+            self._free(m)
+        else:
+            m = self._cells_of(seq_id, p0, p1)
+            self.seq[m] &= ~_bit(seq_id)
+            self._free(m & (self.seq == 0))
+        if m.any():
+            self.head = min(self.head, int(np.flatnonzero(m)[0]))
+
+    def seq_cp(self, src: int, dst: int, p0: int = 0, p1: int = -1) -> None:
+        self.seq[self._cells_of(src, p0, p1)] |= _bit(dst)
+
+    def seq_keep(self, seq_id: int) -> None:
+        keep = (self.seq & _bit(seq_id)) != 0
+        self.seq[keep] = _bit(seq_id)
+        self._free(~keep)
+
+    def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
+        """Move positions in [p0, p1) of seq_id by delta; cells pushed below 0 are dropped. K is
+        re-rotated by apply_shift before the next compute."""
+        if delta == 0:
+            return
+        m = self._cells_of(seq_id, p0, p1)
+        if not m.any():
+            return
+        self.pos[m] += delta
+        self.shift[m] += delta
+        self.has_shift = True
+        self._free(m & (self.pos < 0))
+
+    # ---- a ubatch --------------------------------------------------------------------------------
+    def find_slot(self, pos: np.ndarray, seq_id: int) -> np.ndarray | None:
+        """Cells for len(pos) new tokens of seq_id: empty ones, and in a sliding-window cache ones that
+        left the window of their sequence's next position. Searched from `head`; None when full."""
+        n = len(pos)
+        ok = self.seq == 0
+        if self.swa_window > 0:
+            single = (self.seq != 0) & ((self.seq & (self.seq - 1)) == 0)
+            for s in np.unique(self.seq[single]):
+                s_id = int(s).bit_length() - 1
+                nxt = self.seq_pos_max(s_id) + 1
+                ok |= (self.seq == s) & (nxt - self.pos >= self.swa_window)
+        order = np.roll(np.arange(self.n_cells), -self.head)
+        cand = order[ok[order]][:n]
+        if len(cand) < n:
+            return None
+        return cand
+
+    def apply(self, slots: np.ndarray, pos: np.ndarray, seq_id: int) -> None:
+        """Claim `slots` for the tokens at `pos` of seq_id."""
+        self.pos[slots] = pos
+        self.seq[slots] = _bit(seq_id)
+        self.shift[slots] = 0
+        self.head = (int(slots[-1]) + 1) % self.n_cells
+
+    def mask(self, pos: np.ndarray, seq_id: int, n_kv: int) -> torch.Tensor:
+        """f32 [len(pos), n_kv]: 0 where a query may see a cell (same sequence, not in its future,
+        inside the window on a sliding cache), -inf elsewhere."""
+        cp, cs = self.pos[:n_kv], self.seq[:n_kv]
+        q = pos[:, None]
+        ok = ((cs & _bit(seq_id)) != 0)[None, :] & (cp[None, :] <= q)
+        if self.swa_window > 0:
+            ok &= (q - cp[None, :]) < self.swa_window
+        m = torch.zeros(ok.shape, dtype=torch.float32)
+        m.masked_fill_(torch.from_numpy(~ok), float("-inf"))
+        return m
+
+    # ---- K/V rows ----------------------------------------------------------------------------------
+    def _store(self, rows: torch.Tensor) -> torch.Tensor:
+        return quantize_q8_0(rows) if self.kv_type == "q8_0" else rows.to(self.dtype)
+
+    def _load(self, rows: torch.Tensor, width: int) -> torch.Tensor:
+        if self.kv_type == "q8_0":
+            return dequantize_torch(rows.reshape(-1), GGMLType.Q8_0, (rows.shape[0], width))
+        return rows.float()
+
+    def write(self, il: int, slots: np.ndarray, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store this ubatch's K and V (f32 [n, width]) for layer il into `slots`."""
+        idx = torch.from_numpy(slots)
+        self.k[il].index_copy_(0, idx, self._store(k))
+        self.v[il].index_copy_(0, idx, self._store(v))
+
+    def read(self, il: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of cells [0, n_kv) as f32."""
+        return self._load(self.k[il][:n_kv], self.k_width), self._load(self.v[il][:n_kv], self.v_width)
+
+    def apply_shift(self, rope_shift: RopeShift) -> None:
+        """Re-rotate K of every cell that seq_add moved, by the distance it moved."""
+        if not self.has_shift:
+            return
+        cells = np.flatnonzero((self.shift != 0) & (self.seq != 0))
+        if cells.size:
+            idx = torch.from_numpy(cells)
+            delta = torch.from_numpy(self.shift[cells])
+            for il in self.layers:
+                k = self._load(self.k[il].index_select(0, idx), self.k_width)
+                self.k[il].index_copy_(0, idx, self._store(rope_shift(il, k, delta)))
+        self.shift[:] = 0
+        self.has_shift = False
+
+    # ---- views ---------------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        seqs: dict[int, dict] = {}
+        for s in range(MAX_SEQ):
+            m = (self.seq & (1 << s)) != 0
+            if m.any():
+                p = self.pos[m]
+                seqs[s] = {"cells": int(m.sum()), "pos_min": int(p.min()), "pos_max": int(p.max())}
+        out = {"name": self.name, "layers": list(self.layers), "kv_type": self.kv_type,
+               "used": self.used(), "total": self.n_cells, "n_kv": self.n_kv(), "seqs": seqs}
+        if self.swa_window:
+            out["swa_window"] = self.swa_window
+            for s, v in seqs.items():         # the window of the sequence's next position
+                v["window_start"] = max(0, v["pos_max"] + 2 - self.swa_window)
+                v["in_window"] = int((((self.seq & (1 << s)) != 0) & (self.pos >= v["window_start"])).sum())
+        return out
+
+
+class KVMemory:
+    """All of a model's caches (one global, and one sliding-window when the model has such layers);
+    sequence operations apply to every cache."""
+
+    def __init__(self, caches: list[KVCache]):
+        self.caches = [c for c in caches if c.layers]
+        self._of = {il: c for c in self.caches for il in c.layers}
+
+    def cache_of(self, il: int) -> KVCache:
+        return self._of[il]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.caches)
+
+    def clear(self) -> None:
+        for c in self.caches:
+            c.clear()
+
+    def seq_rm(self, seq_id: int, p0: int = 0, p1: int = -1) -> None:
+        for c in self.caches:
+            c.seq_rm(seq_id, p0, p1)
+
+    def seq_cp(self, src: int, dst: int, p0: int = 0, p1: int = -1) -> None:
+        for c in self.caches:
+            c.seq_cp(src, dst, p0, p1)
+
+    def seq_keep(self, seq_id: int) -> None:
+        for c in self.caches:
+            c.seq_keep(seq_id)
+
+    def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
+        for c in self.caches:
+            c.seq_add(seq_id, p0, p1, delta)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return max((c.seq_pos_max(seq_id) for c in self.caches), default=-1)
+
+    def find_slot(self, pos: np.ndarray, seq_id: int) -> list[np.ndarray] | None:
+        """Cells in every cache for a ubatch, claimed; None (nothing claimed) when a cache is full."""
+        slots = [c.find_slot(pos, seq_id) for c in self.caches]
+        if any(s is None for s in slots):
+            return None
+        for c, s in zip(self.caches, slots):
+            c.apply(s, pos, seq_id)
+        return slots
+
+    def apply_shift(self, rope_shift: RopeShift) -> None:
+        for c in self.caches:
+            c.apply_shift(rope_shift)
+
+    def snapshot(self) -> dict:
+        caches = [c.snapshot() for c in self.caches]
+        main = max(caches, key=lambda c: c["total"]) if caches else {"used": 0, "total": 0}
+        return {"used": main["used"], "total": main["total"], "caches": caches}

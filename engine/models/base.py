@@ -1,0 +1,229 @@
+"""What every architecture shares: hyperparameters, RMSNorm, RoPE (llama.cpp's "normal" and "neox"
+pairings, with its f32 angle recurrence), attention over the KV cache, and the decoder loop.
+
+An architecture file subclasses Transformer, reads its hyperparameters from the GGUF, and writes
+`embed` and `block` top to bottom. Weights stay QTensor views of the GGUF mapping; only the small
+F32 norm vectors become torch tensors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import BadModelFile
+from engine.kv_cache import KVCache, KVMemory
+from engine.ops import Scratch, as_f32, get_rows, linear
+from engine.quant import QTensor
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Hparams:
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int                      # K and Q width per head
+    head_dim_v: int
+    n_ff: int
+    eps: float
+    n_rot: int                         # rotated dimensions per head
+    rope_base: float
+    rope_neox: bool
+    n_ctx_train: int
+    swa_window: int = 0
+    swa_layers: frozenset[int] = field(default_factory=frozenset)
+    rope_base_swa: float = 10000.0
+    rope_scale: float = 1.0            # linear position scaling (global layers only)
+    q_scale: float = 0.0               # query scaling; 0 means 1/sqrt(head_dim)
+
+    def rope_of(self, il: int) -> tuple[float, float]:
+        """(base, scale) of layer il's RoPE."""
+        return (self.rope_base_swa, 1.0) if il in self.swa_layers else (self.rope_base, self.rope_scale)
+
+
+def meta(g, key: str, cast=None):
+    """A required metadata key, cast; one-line BadModelFile naming it when missing or malformed."""
+    value = g.require(key)
+    try:
+        return cast(value) if cast else value
+    except (TypeError, ValueError):
+        raise BadModelFile(f"{g.path.name}: metadata key '{key}' has an unusable value {value!r}; "
+                           "re-convert the model") from None
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+class Rope:
+    """Rotary embedding as ggml computes it: theta_i = p * base^(-2i/n_rot), the powers accumulated in
+    f32 one by one; "normal" rotates pairs (x[2i], x[2i+1]), "neox" pairs (x[i], x[i + n_rot/2])."""
+
+    def __init__(self, n_rot: int, base: float, neox: bool, n_pos: int, freq_scale: float = 1.0):
+        self.n_rot, self.neox = n_rot, neox
+        self.scale = np.float32(base) ** np.float32(-2.0 / n_rot)
+        self.freq_scale = np.float32(freq_scale)
+        self.cos, self.sin = self._table(np.arange(n_pos))
+
+    def _table(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        theta = pos.astype(np.float32)
+        angles = np.empty((len(pos), self.n_rot // 2), dtype=np.float32)
+        for i in range(self.n_rot // 2):
+            angles[:, i] = theta
+            theta = theta * self.scale
+        if self.freq_scale != 1:
+            angles *= self.freq_scale
+        return torch.from_numpy(np.cos(angles)), torch.from_numpy(np.sin(angles))
+
+    def angles(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(pos) and 0 <= pos.min() and pos.max() < len(self.cos):
+            idx = torch.from_numpy(pos)
+            return self.cos[idx], self.sin[idx]
+        return self._table(pos)
+
+    def __call__(self, x: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
+        """x [n, heads, head_dim] rotated at positions pos [n]."""
+        cos, sin = self.angles(pos)
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        r, rest = x[..., : self.n_rot], x[..., self.n_rot:]
+        if self.neox:
+            a, b = r[..., : self.n_rot // 2], r[..., self.n_rot // 2:]
+            out = torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
+        else:
+            a, b = r[..., 0::2], r[..., 1::2]
+            out = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+        return torch.cat([out, rest], -1) if rest.shape[-1] else out
+
+
+@dataclass
+class Step:
+    """One ubatch: its tokens, positions, sequence, and per cache the claimed slots, the cells to read
+    and the mask over them."""
+    ids: list[int]
+    pos: np.ndarray
+    seq_id: int
+    slots: dict[str, np.ndarray]
+    n_kv: dict[str, int]
+    masks: dict[str, torch.Tensor]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, il: int, step: Step,
+              scale: float) -> torch.Tensor:
+    """Store this ubatch's k, v [n, heads_kv, dim] for layer il, then attend q [n, heads, dim] over the
+    cache's cells in use (GQA: each K/V head serves n_head / n_head_kv query heads). -> [n, heads*dim_v]"""
+    n, n_head, _ = q.shape
+    n_head_kv = k.shape[1]
+    name = cache.name
+    cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
+    K, V = cache.read(il, step.n_kv[name])
+    K = K.view(-1, n_head_kv, cache.k_width // n_head_kv).transpose(0, 1)
+    V = V.view(-1, n_head_kv, cache.v_width // n_head_kv).transpose(0, 1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), K, V, attn_mask=step.masks[name], scale=scale,
+                                         enable_gqa=n_head != n_head_kv)
+    return out.transpose(0, 1).reshape(n, -1)
+
+
+class Transformer:
+    """A decoder-only model on GGUF weights. Subclasses set `arch`, read `Hparams` in `hparams(g)`,
+    and define `embed` and `block`; the output head is the shared tail."""
+
+    arch = ""
+    norm_names: tuple[str, ...] = ()          # per-layer F32 vectors turned into torch tensors
+
+    def __init__(self, g, progress: Progress | None = None):
+        self.g = g
+        self.hp = self.hparams(g)
+        hp = self.hp
+        self.tok_embd = self.qtensor("token_embd.weight")
+        self.layers: list[dict[str, QTensor | torch.Tensor]] = []
+        for il in range(hp.n_layer):
+            prefix = f"blk.{il}."
+            layer: dict[str, QTensor | torch.Tensor] = {}
+            for name in g.tensors:
+                if name.startswith(prefix):
+                    short = name[len(prefix):].removesuffix(".weight")
+                    t = self.qtensor(name)
+                    layer[short] = as_f32(t) if short in self.norm_names else t
+            self.layers.append(layer)
+            if progress:
+                progress((il + 1) / hp.n_layer, f"layer {il + 1}/{hp.n_layer}")
+        self.output_norm = as_f32(self.qtensor("output_norm.weight"))
+        self.output = self.qtensor("output.weight") if "output.weight" in g.tensors else self.tok_embd
+        self.ropes: dict[tuple[float, float], Rope] = {}
+
+    # ---- loading --------------------------------------------------------------------------------
+    @classmethod
+    def hparams(cls, g) -> Hparams:
+        raise NotImplementedError
+
+    def qtensor(self, name: str) -> QTensor:
+        t = self.g.tensors.get(name)
+        if t is None:
+            raise BadModelFile(f"{self.g.path.name}: tensor '{name}' is missing; the file is incomplete or "
+                               f"not a {self.arch} model")
+        return QTensor(name, t.qtype, t.shape, self.g.tensor_data(name))
+
+    def matrices(self) -> list[QTensor]:
+        """The layer matrices a batched linear dequantizes (the output head runs on one row only)."""
+        return [t for layer in self.layers for t in layer.values() if isinstance(t, QTensor) and len(t.shape) == 2]
+
+    def make_kv(self, n_ctx: int, ubatch: int, kv_type: str) -> KVMemory:
+        """One global cache of n_ctx cells, and for sliding-window layers one of min(n_ctx, window + ubatch)."""
+        hp = self.hp
+        for base, scale in {hp.rope_of(il) for il in range(hp.n_layer)}:
+            self.ropes[(base, scale)] = Rope(hp.n_rot, base, hp.rope_neox, n_ctx, scale)
+        kw, vw = hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim_v
+        glob = [il for il in range(hp.n_layer) if il not in hp.swa_layers]
+        swa = [il for il in range(hp.n_layer) if il in hp.swa_layers]
+        caches = [KVCache("global", glob, n_ctx, kw, vw, kv_type)]
+        if swa:
+            caches.append(KVCache("swa", swa, min(n_ctx, hp.swa_window + ubatch), kw, vw, kv_type, hp.swa_window))
+        return KVMemory(caches)
+
+    def rope_of(self, il: int) -> Rope:
+        return self.ropes[self.hp.rope_of(il)]
+
+    def rope_shift(self, il: int, k: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """K rows [m, width] of layer il rotated further by delta [m] positions (the K-shift)."""
+        hp = self.hp
+        rot = self.rope_of(il)(k.view(-1, hp.n_head_kv, hp.head_dim), delta.numpy())
+        return rot.reshape(k.shape)
+
+    # ---- running ----------------------------------------------------------------------------------
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        return get_rows(self.tok_embd, ids)
+
+    def block(self, il: int, x: torch.Tensor, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
+        """Run one ubatch through every layer; f32 logits [n_vocab] of its last token."""
+        x = self.embed(step.ids)
+        for il in range(self.hp.n_layer):
+            x = self.block(il, x, step, kv, scratch)
+        x = rms_norm(x[-1:], self.output_norm, self.hp.eps)
+        return self.logits(linear(x, self.output)[0])
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def swiglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
+    return linear(F.silu(linear(x, w["ffn_gate"], scratch)) * linear(x, w["ffn_up"], scratch), w["ffn_down"], scratch)
+
+
+def geglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
+    gate = F.gelu(linear(x, w["ffn_gate"], scratch), approximate="tanh")
+    return linear(gate * linear(x, w["ffn_up"], scratch), w["ffn_down"], scratch)
+
+
+def inv_sqrt(n: int) -> float:
+    return 1.0 / math.sqrt(n)

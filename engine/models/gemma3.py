@@ -1,0 +1,68 @@
+"""Gemma 3: llama.cpp's gemma3 graph.
+
+Embeddings scaled by sqrt(n_embd); per layer a pre- and post-norm around attention and around the
+feed-forward; RMSNorm on each Q and K head; RoPE on halves ("neox"), base 10000 on sliding-window
+layers and rope.freq_base on global ones; queries scaled by 1/sqrt(head_dim)
+(1/sqrt(n_embd/n_head) on the 27B model), linear RoPE scaling on global layers when the metadata
+asks; GELU(tanh)-gated
+feed-forward. Five layers in six attend within a sliding window (layer il is global when il % 6 == 5).
+The GGUF conversion already added Gemma's +1 to every norm weight. The output head is the tied
+token embedding, run as a GEMV on its Q8_0 blocks.
+"""
+from __future__ import annotations
+
+import math
+
+from engine.kv_cache import KVMemory
+from engine.models.base import Hparams, Step, Transformer, attention, geglu, meta, rms_norm
+from engine.ops import Scratch, get_rows, linear
+
+SWA_PATTERN = 6            # llama.cpp: hparams.set_swa_pattern(6)
+ROPE_BASE_SWA = 10000.0
+
+
+class Gemma3(Transformer):
+    arch = "gemma3"
+    norm_names = ("attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")
+
+    @classmethod
+    def hparams(cls, g) -> Hparams:
+        a = cls.arch
+        n_embd = meta(g, f"{a}.embedding_length", int)
+        n_head = meta(g, f"{a}.attention.head_count", int)
+        n_layer = meta(g, f"{a}.block_count", int)
+        head_dim = int(g.get(f"{a}.attention.key_length", n_embd // n_head))
+        window = int(g.get(f"{a}.attention.sliding_window", 0))
+        scaling = g.get(f"{a}.rope.scaling.type", "none")
+        factor = float(g.get(f"{a}.rope.scaling.factor", 1.0) or 1.0) if scaling == "linear" else 1.0
+        swa = frozenset(il for il in range(n_layer) if window and il % SWA_PATTERN < SWA_PATTERN - 1)
+        return Hparams(
+            n_vocab=g.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in g.tensors else 0,
+            n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+            n_head_kv=int(g.get(f"{a}.attention.head_count_kv", n_head)), head_dim=head_dim,
+            head_dim_v=int(g.get(f"{a}.attention.value_length", head_dim)),
+            n_ff=meta(g, f"{a}.feed_forward_length", int),
+            eps=meta(g, f"{a}.attention.layer_norm_rms_epsilon", float),
+            n_rot=int(g.get(f"{a}.rope.dimension_count", head_dim)),
+            rope_base=float(g.get(f"{a}.rope.freq_base", 1e6)), rope_neox=True,
+            n_ctx_train=int(g.get(f"{a}.context_length", 32768)),
+            swa_window=window, swa_layers=swa, rope_base_swa=ROPE_BASE_SWA, rope_scale=1.0 / factor,
+            # llama.cpp: the 27B model (62 layers) scales queries by 1/sqrt(n_embd / n_head)
+            q_scale=1.0 / math.sqrt(n_embd // n_head if n_layer == 62 else head_dim))
+
+    def embed(self, ids):
+        return get_rows(self.tok_embd, ids) * math.sqrt(self.hp.n_embd)
+
+    def block(self, il: int, x, step: Step, kv: KVMemory, scratch: Scratch):
+        hp, w, n = self.hp, self.layers[il], len(step.ids)
+        rope = self.rope_of(il)
+        h = rms_norm(x, w["attn_norm"], hp.eps)
+        q = linear(h, w["attn_q"], scratch).view(n, hp.n_head, hp.head_dim)
+        k = linear(h, w["attn_k"], scratch).view(n, hp.n_head_kv, hp.head_dim)
+        v = linear(h, w["attn_v"], scratch).view(n, hp.n_head_kv, hp.head_dim_v)
+        q = rope(rms_norm(q, w["attn_q_norm"], hp.eps), step.pos) * hp.q_scale
+        k = rope(rms_norm(k, w["attn_k_norm"], hp.eps), step.pos)
+        a = attention(q, k, v, kv.cache_of(il), il, step, 1.0)
+        x = x + rms_norm(linear(a, w["attn_output"], scratch), w["post_attention_norm"], hp.eps)
+        f = geglu(rms_norm(x, w["ffn_norm"], hp.eps), w, scratch)
+        return x + rms_norm(f, w["post_ffw_norm"], hp.eps)
