@@ -404,6 +404,7 @@ def test_restored_smollm2_continues_token_for_token(tmp_path, smollm2_path, make
     model.close()                                        # nothing of the restored history again
 
 
+@pytest.mark.slow
 def test_restored_gemma3_continues_and_refuses_a_smollm2_session(tmp_path, smollm2_path, gemma3_path):
     # ~600 prompt tokens against a window of 512 (+ ubatch 64 cells): the sliding-window cells wrap
     text = " ".join(f"Room {i} of the castle holds a {['red', 'blue', 'green'][i % 3]} chest." for i in range(55))
