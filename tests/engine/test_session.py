@@ -220,6 +220,7 @@ def rewrite(path, edit_header=None, edit_tensors=None):
     (lambda h, t: t.update({"c0.l1.k": t["c0.l1.k"][:, :4].contiguous()}), ["c0.l1.k"]),
     (lambda h, t: t.update({"c0.l1.v": t["c0.l1.v"].float()}), ["float32"]),
     (lambda h, t: t.update({"c0.l2.v": torch.full_like(t["c0.l2.v"], float("nan"))}), ["non-finite"]),
+    (lambda h, t: t["c1.l3.k"].__setitem__((2, 5), float("-inf")), ["non-finite"]),
     (lambda h, t: t.pop("c1.seq"), ["missing"]),
     (lambda h, t: t.update({"c1.seq": t["c1.seq"] * 2}), ["outside the saved sequence"]),
     (lambda h, t: h.update(seq_id=99), ["out of range"]),
@@ -258,7 +259,9 @@ def test_another_file_with_the_same_header_is_another_model(tmp_path, smollm2_pa
 def test_kv_type_and_context_mismatches_say_what_to_do(tmp_path, smollm2_path, tiny):
     p = saved(tmp_path, tiny)
     assert_refused(busy_model(smollm2_path, kv_type="q8_0"), p, "--kv-type f16")
-    assert_refused(busy_model(smollm2_path, n_ctx=32), p, "--ctx")
+    assert_refused(busy_model(smollm2_path, n_ctx=32), p, "holds 41 tokens", "--ctx 42")
+    long_history = saved(tmp_path, tiny, tokens=list(range(100)), name="shifted.cellar")
+    assert session.load(TinyKVModel(smollm2_path), long_history).tokens == list(range(100))  # past its context
 
 
 def test_non_session_files_are_refused(tmp_path, smollm2_path):
