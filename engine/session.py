@@ -379,12 +379,10 @@ def export_memory(mem, seq_id: int, cached: list[int]) -> KVState:
     caches = []
     for c in mem.caches:
         sel = np.flatnonzero((c.seq >> seq_id) & 1)
-        idx = torch.from_numpy(sel)
         caches.append(CacheCells(
-            c.name, list(c.layers), c.n_cells, idx, torch.from_numpy(c.pos[sel].copy()),
+            c.name, list(c.layers), c.n_cells, torch.from_numpy(sel), torch.from_numpy(c.pos[sel].copy()),
             torch.from_numpy(c.seq[sel].copy()),
-            [c.k[il].index_select(0, idx.to(c.k[il].device)).cpu() for il in c.layers],
-            [c.v[il].index_select(0, idx.to(c.v[il].device)).cpu() for il in c.layers],
+            [take_rows(c.k[il], sel) for il in c.layers], [take_rows(c.v[il], sel) for il in c.layers],
             torch.from_numpy(c.shift[sel].copy()), int(c.head)))
     return KVState(list(cached), caches)
 
@@ -408,6 +406,30 @@ def import_memory(mem, seq_id: int, state: KVState) -> None:
         c.shift[sel] = cc.shift.numpy() if cc.shift is not None else 0
         c.has_shift = bool(c.shift.any())
         for il, k, v in zip(c.layers, cc.k, cc.v):
-            c.k[il].index_copy_(0, cc.idx.to(c.k[il].device), k.to(c.k[il].device))
-            c.v[il].index_copy_(0, cc.idx.to(c.v[il].device), v.to(c.v[il].device))
+            put_rows(c.k[il], sel, k)
+            put_rows(c.v[il], sel, v)
         c.head = int(cc.head)
+
+
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _np_view(t: torch.Tensor) -> np.ndarray:
+    return t.view(_SAME_SIZE_INT[t.element_size()]).numpy()
+
+
+def take_rows(t: torch.Tensor, sel: np.ndarray) -> torch.Tensor:
+    """A copy of rows `sel` of a [n_cells, width] cache tensor. On the CPU by numpy fancy indexing
+    (any dtype, bf16 included, via a same-size integer view): torch's threaded gather on f16 rows is
+    tens of times slower when the machine's cores are busy with other work."""
+    if t.device.type != "cpu":
+        return t.index_select(0, torch.from_numpy(sel).to(t.device)).cpu()
+    return torch.from_numpy(_np_view(t)[sel]).view(t.dtype)
+
+
+def put_rows(t: torch.Tensor, sel: np.ndarray, rows: torch.Tensor) -> None:
+    """Write `rows` into rows `sel` of a cache tensor (the counterpart of take_rows)."""
+    if t.device.type != "cpu":
+        t.index_copy_(0, torch.from_numpy(sel).to(t.device), rows.to(t.device, t.dtype))
+        return
+    _np_view(t)[sel] = _np_view(rows.to(t.dtype).contiguous())

@@ -145,11 +145,12 @@ def test_size_follows_used_cells_not_context(tmp_path, smollm2_path):
     assert sizes[4096, 10] < 40_000                            # nothing proportional to 4096 cells
 
 
-def test_q8_kv_rows_round_trip_as_bytes(tmp_path, smollm2_path):
-    m = TinyKVModel(smollm2_path, kv_type="q8_0", width=64)
+@pytest.mark.parametrize("kv_type", ["q8_0", "bf16"])
+def test_q8_and_bf16_kv_rows_round_trip(tmp_path, smollm2_path, kv_type):
+    m = TinyKVModel(smollm2_path, kv_type=kv_type, width=64)
     m.feed(range(20))
     p = saved(tmp_path, m)
-    fresh = TinyKVModel(smollm2_path, kv_type="q8_0", width=64)
+    fresh = TinyKVModel(smollm2_path, kv_type=kv_type, width=64)
     session.load(fresh, p)
     assert fresh.same_as(m.snapshot())
 
