@@ -343,6 +343,7 @@ def _all_finite(t: torch.Tensor) -> bool:
 #   import_kv(seq_id, state: KVState) -> None   drop seq_id's cells, write these into the named slots,
 #                                               set cached_tokens(seq_id) = state.cached; called only
 #                                               after the whole file has been validated
+# engine/session_kv.py implements export/import on an engine.kv_cache.KVMemory for them to delegate to.
 
 def kv_layout(model) -> list[CacheLayout]:
     """The model's KV caches: names, layers, capacity, row widths and dtype."""
@@ -364,72 +365,3 @@ def apply(model, seq_id: int, state: KVState) -> None:
     for c in state.caches:
         c.seq = torch.full_like(c.seq, 1 << seq_id)
     model.import_kv(seq_id, state)
-
-
-# ---------------------------------------------------------------- engine.kv_cache.KVMemory, directly
-# (what runtime.Model's hooks can delegate to: they add only the cached tokens of the sequence)
-
-def memory_layout(mem) -> list[CacheLayout]:
-    return [CacheLayout(c.name, list(c.layers), c.n_cells, int(c.k[c.layers[0]].shape[1]),
-                        int(c.v[c.layers[0]].shape[1]), c.dtype) for c in mem.caches]
-
-
-def export_memory(mem, seq_id: int, cached: list[int]) -> KVState:
-    """Copies of seq_id's cells in every cache of a KVMemory (the cache is not changed)."""
-    caches = []
-    for c in mem.caches:
-        sel = np.flatnonzero((c.seq >> seq_id) & 1)
-        caches.append(CacheCells(
-            c.name, list(c.layers), c.n_cells, torch.from_numpy(sel), torch.from_numpy(c.pos[sel].copy()),
-            torch.from_numpy(c.seq[sel].copy()),
-            [take_rows(c.k[il], sel) for il in c.layers], [take_rows(c.v[il], sel) for il in c.layers],
-            torch.from_numpy(c.shift[sel].copy()), int(c.head)))
-    return KVState(list(cached), caches)
-
-
-def check_memory_free(mem, seq_id: int, state: KVState) -> None:
-    """Refuse (changing nothing) when another sequence holds a cell this session needs."""
-    for c, cc in zip(mem.caches, state.caches):
-        held = c.seq[cc.idx.numpy()] & ~np.int64(1 << seq_id)
-        if held.any():
-            raise BadRequest("the KV cells this session needs are in use by another conversation; "
-                             "reset the model (or that conversation) first")
-
-
-def import_memory(mem, seq_id: int, state: KVState) -> None:
-    """Replace seq_id's cells in every cache with `state`'s, in the same slots."""
-    check_memory_free(mem, seq_id, state)
-    for c, cc in zip(mem.caches, state.caches):
-        c.seq_rm(seq_id)
-        sel = cc.idx.numpy()
-        c.pos[sel], c.seq[sel] = cc.pos.numpy(), cc.seq.numpy()
-        c.shift[sel] = cc.shift.numpy() if cc.shift is not None else 0
-        c.has_shift = bool(c.shift.any())
-        for il, k, v in zip(c.layers, cc.k, cc.v):
-            put_rows(c.k[il], sel, k)
-            put_rows(c.v[il], sel, v)
-        c.head = int(cc.head)
-
-
-_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _np_view(t: torch.Tensor) -> np.ndarray:
-    return t.view(_SAME_SIZE_INT[t.element_size()]).numpy()
-
-
-def take_rows(t: torch.Tensor, sel: np.ndarray) -> torch.Tensor:
-    """A copy of rows `sel` of a [n_cells, width] cache tensor. On the CPU by numpy fancy indexing
-    (any dtype, bf16 included, via a same-size integer view): torch's threaded gather on f16 rows is
-    tens of times slower when the machine's cores are busy with other work."""
-    if t.device.type != "cpu":
-        return t.index_select(0, torch.from_numpy(sel).to(t.device)).cpu()
-    return torch.from_numpy(_np_view(t)[sel]).view(t.dtype)
-
-
-def put_rows(t: torch.Tensor, sel: np.ndarray, rows: torch.Tensor) -> None:
-    """Write `rows` into rows `sel` of a cache tensor (the counterpart of take_rows)."""
-    if t.device.type != "cpu":
-        t.index_copy_(0, torch.from_numpy(sel).to(t.device), rows.to(t.device, t.dtype))
-        return
-    _np_view(t)[sel] = _np_view(rows.to(t.dtype).contiguous())

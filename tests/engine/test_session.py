@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import session, session_file
+from engine import session, session_file, session_kv
 from engine.errors import BadRequest, BadSessionFile, CellarError
 from engine.gguf import GGUFFile
 from engine.kv_cache import KVCache, KVMemory
@@ -49,13 +49,13 @@ class TinyKVModel:
             self.tokens.append(int(t))
 
     def kv_layout(self):
-        return session.memory_layout(self.kv)
+        return session_kv.memory_layout(self.kv)
 
     def export_kv(self, seq_id):
-        return session.export_memory(self.kv, seq_id, self.tokens)
+        return session_kv.export_memory(self.kv, seq_id, self.tokens)
 
     def import_kv(self, seq_id, state):
-        session.import_memory(self.kv, seq_id, state)
+        session_kv.import_memory(self.kv, seq_id, state)
         self.tokens = list(state.cached)
 
     def snapshot(self):
