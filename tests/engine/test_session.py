@@ -445,3 +445,27 @@ def test_real_session_size_follows_tokens_not_context(tmp_path, smollm2_path):
     assert abs(sizes[512, 16] - sizes[4096, 16]) < 16
     per_token = 30 * 2 * 3 * 64 * 2                     # 30 layers, K and V, 3 KV heads x 64, f16
     assert 16 * per_token <= sizes[4096, 16] - sizes[4096, 0] <= 16 * (per_token + 64)
+
+
+@pytest.mark.slow
+def test_cli_save_then_load_session_equals_one_run(tmp_path, smollm2_path, capsys):
+    pytest.importorskip("engine.runtime", reason="the runtime is not part of this tree yet")
+    from engine.cli import main
+
+    def run(*extra):
+        rc = main(["run", str(smollm2_path), "--raw", "--temp", "0.8", "--ctx", "256", "--batch", "16",
+                   "--threads", "2", "--json", *extra])
+        out, err = capsys.readouterr()
+        return rc, (json.loads(out) if rc == 0 else None), err
+
+    f = tmp_path / "cli.cellar"
+    _, whole, _ = run("-p", "Once upon a time", "-n", "12", "--seed", "3")
+    _, first, _ = run("-p", "Once upon a time", "-n", "6", "--seed", "3", "--save-session", str(f))
+    _, rest, _ = run("-p", "", "-n", "6", "--load-session", str(f))      # the saved RNG state goes on
+    assert first["tokens"] + rest["tokens"] == whole["tokens"]
+    assert rest["n_eval"] == 6                                            # nothing of the history again
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    rc, _, err = run("-p", "", "-n", "2", "--load-session", str(f))
+    assert rc == 2 and err.startswith("error: cli.cellar: checksum mismatch") and err.count("\n") == 1
