@@ -1,0 +1,95 @@
+"""Live graphs of the engine's memory: its RSS and the system's available RAM, and VRAM when an
+NVIDIA GPU is there (otherwise a line saying so)."""
+from __future__ import annotations
+
+import collections
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from app.format import MiB, size
+
+WINDOWS = {"1 min": 60, "5 min": 300, "15 min": 900}
+
+
+class MemoryGraphs(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        head = QHBoxLayout()
+        head.addWidget(QLabel("<b>Memory</b>"))
+        head.addStretch(1)
+        self.window = QComboBox()
+        self.window.addItems(list(WINDOWS))
+        self.window.setToolTip("How much history the graphs show")
+        self.window.currentTextChanged.connect(lambda _: self._redraw())
+        head.addWidget(self.window)
+        lay.addLayout(head)
+
+        self.ram_plot = pg.PlotWidget(background=None)
+        self.ram_plot.setMinimumHeight(120)
+        self.ram_plot.setMaximumHeight(200)
+        self.ram_plot.setMouseEnabled(False, False)
+        self.ram_plot.hideButtons()
+        self.ram_plot.setLabel("left", "MiB")
+        self.ram_plot.setLabel("bottom", "seconds ago")
+        self.ram_plot.addLegend(offset=(4, 4))
+        self.rss_curve = self.ram_plot.plot(name="engine RSS", pen=pg.mkPen("#3b82f6", width=2))
+        self.avail_curve = self.ram_plot.plot(name="RAM available", pen=pg.mkPen("#22c55e", width=2))
+        lay.addWidget(self.ram_plot)
+        self.rss_label = QLabel("engine RSS —")
+        self.rss_label.setToolTip("Resident memory of the engine process and its children: what it holds in RAM now")
+        self.avail_label = QLabel("RAM available —")
+        self.avail_label.setToolTip("Memory the system can still give to programs without swapping "
+                                    "(psutil 'available'), of the total installed")
+        row = QHBoxLayout()
+        row.addWidget(self.rss_label)
+        row.addStretch(1)
+        row.addWidget(self.avail_label)
+        lay.addLayout(row)
+
+        self.vram_plot = pg.PlotWidget(background=None)
+        self.vram_plot.setMinimumHeight(90)
+        self.vram_plot.setMaximumHeight(140)
+        self.vram_plot.setMouseEnabled(False, False)
+        self.vram_plot.hideButtons()
+        self.vram_plot.setLabel("left", "VRAM MiB")
+        self.vram_curve = self.vram_plot.plot(pen=pg.mkPen("#a855f7", width=2))
+        self.vram_plot.hide()
+        lay.addWidget(self.vram_plot)
+        self.vram_label = QLabel("VRAM: waiting for the engine")
+        self.vram_label.setToolTip("GPU memory in use on GPU 0, of its total (NVIDIA GPUs only)")
+        lay.addWidget(self.vram_label)
+
+        self.samples: collections.deque = collections.deque(maxlen=4000)   # (t, rss, avail, vram_used)
+
+    def add(self, ev) -> None:
+        """One protocol.Telemetry sample."""
+        vram_used = None
+        if ev.vram:
+            vram_used = ev.vram[0]["used"]
+            self.vram_label.setText(f"VRAM {size(ev.vram[0]['used'])} / {size(ev.vram[0]['total'])} "
+                                    f"({ev.vram[0].get('name', 'GPU 0')})")
+            self.vram_plot.show()
+        else:
+            self.vram_label.setText(f"VRAM: {ev.vram_note or 'no NVIDIA GPU'}")
+            self.vram_plot.hide()
+        self.samples.append((ev.t, ev.rss_bytes, ev.ram_available_bytes, vram_used))
+        self.rss_label.setText(f"engine RSS {size(ev.rss_bytes)}")
+        self.avail_label.setText(f"RAM available {size(ev.ram_available_bytes)} / {size(ev.ram_total_bytes)}")
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if not self.samples:
+            return
+        span = WINDOWS[self.window.currentText()]
+        now = self.samples[-1][0]
+        pts = [s for s in self.samples if now - s[0] <= span]
+        xs = [s[0] - now for s in pts]
+        self.rss_curve.setData(xs, [s[1] / MiB for s in pts])
+        self.avail_curve.setData(xs, [s[2] / MiB for s in pts])
+        v = [(x, s[3] / MiB) for x, s in zip(xs, pts) if s[3] is not None]
+        if v:
+            self.vram_curve.setData([a for a, _ in v], [b for _, b in v])
+        self.ram_plot.setXRange(-span, 0, padding=0)
