@@ -171,11 +171,12 @@ class Token:
 @dataclass
 class GenerationDone:
     request_id: str
-    stop_reason: str                            # "length" | "eos" | "stop" | "cancelled"
+    stop_reason: str                            # "length" | "eos" | "stop" | "cancelled" | "error"
     text: str = ""
     n_tokens: int = 0                           # generated
     prompt_tokens: int = 0
-    n_eval: int = 0                             # prompt tokens actually evaluated (cache reuse shows)
+    n_eval: int = 0                             # tokens actually evaluated, prompt and reply (as the CLI's)
+    prompt_eval: int = 0                        # prompt tokens evaluated: cache reuse shows here
     ttft_s: float = 0.0
     tok_s: float = 0.0                          # generation speed
     prompt_tok_s: float = 0.0

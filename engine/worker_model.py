@@ -121,13 +121,15 @@ def generate(w, req: P.Generate) -> P.GenerationDone:
                          should_cancel=w.cancel.is_set)
     n = len(res.tokens)
     tok_s = n / res.t_gen_s if res.t_gen_s > 0 else 0.0
+    decoded = n - (1 if n and res.stop_reason != "eos" else 0)      # the last token is not evaluated
+    prompt_eval = max(0, int(res.n_eval) - decoded)
     w.telemetry.generation_finished(tok_s)
     w.conversation, w.raw, w.sampler = req.conversation_id, raw, sampler
     w.messages = (list(req.messages) + [{"role": "assistant", "content": res.text}]) if not raw else []
     return P.GenerationDone(
         request_id=rid, stop_reason=res.stop_reason, text=res.text, n_tokens=n, prompt_tokens=len(prompt),
-        n_eval=int(res.n_eval), ttft_s=round(float(res.ttft_s), 4), tok_s=round(tok_s, 2),
-        prompt_tok_s=round(res.n_eval / res.t_prompt_s, 2) if res.t_prompt_s > 0 else 0.0,
+        n_eval=int(res.n_eval), prompt_eval=prompt_eval, ttft_s=round(float(res.ttft_s), 4), tok_s=round(tok_s, 2),
+        prompt_tok_s=round(prompt_eval / res.t_prompt_s, 2) if res.t_prompt_s > 0 else 0.0,
         t_prompt_s=round(float(res.t_prompt_s), 4), t_gen_s=round(float(res.t_gen_s), 4))
 
 

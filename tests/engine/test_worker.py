@@ -18,7 +18,7 @@ CHAT = [{"role": "user", "content": "Count from one to one hundred in words, sep
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
     client, rec = started_client()
-    loaded = load(client, rec, smollm2_path)
+    loaded = load(client, rec, smollm2_path, ubatch=16, batch=16)
     yield client, rec, loaded
     client.stop()
 
@@ -51,15 +51,14 @@ def test_stream_then_cancel_midway(engine):
 def test_cancel_during_prefill(engine):
     client, rec, _ = engine
     mark = rec.mark()
-    long_text = "The quick brown fox jumps over the lazy dog. " * 40    # ~400 tokens, 7 ubatches of 64
+    long_text = "The quick brown fox jumps over the lazy dog. " * 16     # ~160 tokens, 10 ubatches of 16
     client.send(P.Generate("p1", prompt=long_text, max_tokens=50, temperature=0.0))
     rec.wait_for(lambda e: isinstance(e, P.StateChanged) and e.state is P.EngineState.GENERATING, 10, mark)
-    t0 = time.perf_counter()
     client.cancel()                              # whatever is running
-    done = rec.done("p1", 10, mark)
-    latency = time.perf_counter() - t0
+    done = rec.done("p1", 60, mark)
     assert done.stop_reason == "cancelled" and done.n_tokens == 0
-    assert latency < 0.5, f"cancel during prefill took {latency * 1000:.0f} ms"
+    snap = rec.wait_for(lambda e: isinstance(e, P.KVSnapshot), 5, mark).snapshot
+    assert 0 < snap["sequences"].get(0, 0) < done.prompt_tokens      # stopped between ubatches
 
 
 def test_second_turn_evaluates_only_new_tokens(engine):
@@ -73,7 +72,7 @@ def test_second_turn_evaluates_only_new_tokens(engine):
     client.send(P.Generate("t2", messages=turn2, max_tokens=4, temperature=0.0, conversation_id="cv"))
     second = rec.done("t2", 60, mark)
     assert second.prompt_tokens > first.prompt_tokens
-    assert second.n_eval < second.prompt_tokens - first.prompt_tokens + 8
+    assert second.prompt_eval < second.prompt_tokens - first.prompt_tokens + 8
 
 
 def test_bad_requests_are_typed_and_worker_goes_on(engine, tmp_path):
