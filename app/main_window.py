@@ -93,7 +93,7 @@ class MainWindow(QMainWindow):
         b.crashed.connect(self._crashed)
         b.modelLoaded.connect(self._model_loaded)
         b.telemetry.connect(self._telemetry)
-        b.kvSnapshot.connect(self.dock.set_kv)
+        b.event.connect(self._event)            # KV snapshots: their dicts have int keys, which Signal(dict) drops
         b.error.connect(self._error)
         QShortcut(QKeySequence("Esc"), self, activated=c.stop)
 
@@ -178,6 +178,10 @@ class MainWindow(QMainWindow):
         self.top.set_memory(ev.rss_bytes, ev.vram)
         if ev.kv_total:
             self.status.set_context(ev.kv_used, ev.kv_total)
+
+    def _event(self, ev) -> None:
+        if isinstance(ev, P.KVSnapshot):
+            self.dock.set_kv(ev.snapshot)
 
     def _reply_finished(self, _mid: str, stats: dict) -> None:
         if "n_eval" in stats:

@@ -14,7 +14,7 @@ def save(window) -> None:
     s = _qs()
     s.setValue("geometry", window.saveGeometry())
     s.setValue("state", window.saveState())
-    s.setValue("dock_visible", window.dock.isVisible())
+    s.setValue("dock_visible", "1" if window.dock.isVisible() else "0")   # strings: bools leak in QSettings
     s.sync()
 
 
@@ -27,5 +27,5 @@ def restore(window) -> bool:
         window.restoreState(state)
     visible = s.value("dock_visible")
     if visible is not None:
-        window.dock.setVisible(visible in (True, "true"))
+        window.dock.setVisible(str(visible) in ("1", "true"))
     return geometry is not None
