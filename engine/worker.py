@@ -52,6 +52,7 @@ class Worker:
         self._snapshot_wanted = threading.Event()
         self.conversation: str | None = None    # the conversation whose tokens sit in seq 0
         self.messages: list[dict] = []          # and its messages, reply included
+        self.history: list[int] = []            # and its tokens, prompt and reply
         self.raw = False
         self.sampler = None
         self.restored_sampler_state = None
@@ -181,6 +182,7 @@ class Worker:
         except Exception:                       # closing must never take the worker down
             log.exception("closing the model failed")
         self.model, self.conversation, self.messages, self.sampler = None, None, [], None
+        self.history = []
         self.telemetry.kv = (0, 0)
 
     def do_unload(self, req: P.Unload) -> None:
@@ -223,7 +225,7 @@ class Worker:
             self.model.reset()
         except Exception:
             log.exception("resetting the KV cache failed")
-        self.conversation, self.messages = None, []
+        self.conversation, self.messages, self.history = None, [], []
 
     def do_save(self, req: P.SaveSession) -> None:
         from engine import worker_model

@@ -88,7 +88,7 @@ def _prompt(w, req: P.Generate) -> tuple[list[int], bool]:
     if req.prompt is None:
         raise BadRequest("a Generate request needs messages (chat) or a prompt (raw completion)")
     if req.session_path:                        # continue the restored session: the prompt is appended
-        history = model.cached_tokens(0)
+        history = list(w.history)
         return history + (raw_tokens(model, req.prompt, continuing=bool(history)) if req.prompt else []), True
     return raw_tokens(model, req.prompt), True
 
@@ -105,7 +105,7 @@ def generate(w, req: P.Generate) -> P.GenerationDone:
         raise BadRequest("the prompt is empty; type something first")
     sampler = _sampler(w, req)
     if w.conversation != req.conversation_id:
-        w.conversation, w.messages = None, []
+        w.conversation, w.messages, w.history = None, [], []
     n_total = int(getattr(model, "n_ctx", 0))
     count = [0]
     w.telemetry.generation_started()
@@ -125,6 +125,7 @@ def generate(w, req: P.Generate) -> P.GenerationDone:
     prompt_eval = max(0, int(res.n_eval) - decoded)
     w.telemetry.generation_finished(tok_s)
     w.conversation, w.raw, w.sampler = req.conversation_id, raw, sampler
+    w.history = list(prompt) + [int(t) for t in res.tokens]        # the last token may not be cached yet
     w.messages = (list(req.messages) + [{"role": "assistant", "content": res.text}]) if not raw else []
     return P.GenerationDone(
         request_id=rid, stop_reason=res.stop_reason, text=res.text, n_tokens=n, prompt_tokens=len(prompt),
@@ -138,7 +139,7 @@ def save_session(w, req: P.SaveSession) -> P.SessionSaved:
     if w.conversation != req.conversation_id:
         raise BadRequest(f"conversation {req.conversation_id!r} is not the one in the KV cache; "
                          "send a reply in it first")
-    tokens = list(w.model.cached_tokens(0))
+    tokens = list(w.history) or list(w.model.cached_tokens(0))
     session.save(w.model, req.path, tokens=tokens, sampler=w.sampler,
                  extra={"messages": w.messages, "raw": w.raw, "conversation_id": req.conversation_id})
     return P.SessionSaved(req.path, req.conversation_id, len(tokens), req.request_id)
@@ -152,5 +153,6 @@ def restore_session(w, path: str, conversation_id: str, request_id: str | None) 
     extra = dict(getattr(info, "extra", None) or {})
     w.conversation, w.messages = conversation_id, list(extra.get("messages", []))
     w.raw = bool(extra.get("raw", False))
+    w.history = list(info.tokens)
     w.restored_sampler_state = getattr(info, "sampler_state", None)
     return P.SessionRestored(path, conversation_id, len(info.tokens), list(w.messages), request_id)
