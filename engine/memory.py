@@ -109,9 +109,15 @@ class MemoryPlan:
     layers: list[LayerRow]
     free_ram: int
     free_vram: int | None          # None: no GPU found
+    full_context_extra: int = 0    # RAM attention adds once prompts fill the context (not at load)
     verdict: str = ""              # "fits" | "tight" | "won't fit"
     recommendation: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def ram_peak_full_context(self) -> int:
+        """Peak RSS once a ubatch attends over a full context: what the verdict is judged on."""
+        return self.ram.total + self.full_context_extra
 
     @property
     def fits(self) -> bool:
@@ -122,6 +128,7 @@ class MemoryPlan:
         return {
             "ram": self.ram.to_json(), "vram": self.vram.to_json(), "fits": self.fits,
             "recommendation": dict(self.recommendation),
+            "ram_peak_full_context": self.ram_peak_full_context,
             "verdict": self.verdict, "free": {"ram": self.free_ram, "vram": self.free_vram},
             "settings": {"ctx": self.settings.ctx, "batch": self.settings.batch, "ubatch": self.settings.n_ubatch,
                          "kv_type": self.settings.kv_type, "gpu_layers": self.settings.gpu_layers,
@@ -200,7 +207,7 @@ def plan(g, settings: Settings | None = None, *, free_ram: int | None = None,
         free_vram = fv if free_vram is False else free_vram
     p = _plan_at(m, s, free_vram is not None)
     p.free_ram, p.free_vram = int(free_ram), free_vram
-    p.verdict = _verdict(p.ram.total, free_ram)
+    p.verdict = _verdict(p.ram_peak_full_context, free_ram)
     if p.vram.total and free_vram is not None:
         v = _verdict(p.vram.total, free_vram)
         p.verdict = max((p.verdict, v), key=["fits", "tight", "won't fit"].index)
@@ -231,7 +238,7 @@ class _Model:
 
 
 def _plan_at(m: _Model, s: Settings, have_gpu: bool) -> MemoryPlan:
-    from engine.memory_model import cpu_compute, gpu_plan
+    from engine.memory_model import cpu_compute, full_context_extra, gpu_plan
     g, h, layers, output, other = m.g, m.h, m.layers, m.output, m.other
     n_gpu = min(s.gpu_layers, h.n_layer)
     first_gpu = h.n_layer - n_gpu
@@ -265,8 +272,8 @@ def _plan_at(m: _Model, s: Settings, have_gpu: bool) -> MemoryPlan:
             ram.add("kv", f"{kind} x {len(on_cpu)}", sum(r.kv for r in on_cpu), f"{s.kv_type}, private, touched at load")
 
     # compute scratch and overhead
-    for what, nbytes, note in cpu_compute(g, h, s, layers, output):
-        ram.add("compute", what, nbytes, note)
+    for concern, what, nbytes, note in cpu_compute(g, h, s, layers, output):
+        ram.add(concern, what, nbytes, note)
     ram.add("overhead", "Python, torch, numpy, engine modules", BASE_RSS, "measured once: fresh process RSS")
     ram.add("overhead", "GGUF metadata (Python objects)", m.metadata_bytes, "private")
     ram.add("overhead", "tokenizer", m.tokenizer_bytes, "private")
@@ -282,7 +289,7 @@ def _plan_at(m: _Model, s: Settings, have_gpu: bool) -> MemoryPlan:
             notes.append(f"--mlock will be refused: RLIMIT_MEMLOCK allows {hard // MiB} MiB, the weights need "
                          f"{need // MiB} MiB (raise it with `ulimit -l`)")
     name = str(g.get("general.name") or g.path.stem)
-    return MemoryPlan(name, s, ram, vram, rows, 0, None, notes=notes)
+    return MemoryPlan(name, s, ram, vram, rows, 0, None, full_context_extra(h, s), notes=notes)
 
 
 def _verdict(need: int, free: int) -> str:
@@ -296,7 +303,7 @@ def _recommend(m: _Model, s: Settings, free_ram: int, free_vram: int | None) -> 
     asked GPU layers (or fewer, where the asked ones do not fit), both with the margin left over."""
     def ok(st: Settings) -> bool:
         p = _plan_at(m, st, free_vram is not None)
-        return (_verdict(p.ram.total, free_ram) == "fits"
+        return (_verdict(p.ram_peak_full_context, free_ram) == "fits"
                 and (not p.vram.total or (free_vram is not None and _verdict(p.vram.total, free_vram) == "fits")))
 
     h = m.h

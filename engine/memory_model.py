@@ -10,29 +10,71 @@ from engine.model_info import Hparams
 F32, BF16 = 4, 2
 
 
+# Calibrated on both real models (docs/memory.md): freed activation blocks that the allocator keeps, and
+# the temporaries that RoPE, norms and casts make, over the live set counted below.
+ACT_FACTOR = 1.35
+TORCH_WARM = 10 << 20       # RSS torch's thread pools and kernels keep after their first matmul and attention
+ROPE_BASE_SWA = {"gemma3": 10000.0}    # sliding-window layers' RoPE base, where it differs
+
+
 def _widest(groups) -> int:
     return max((prod(shape) for grp in groups for _, shape in grp.values() if len(shape) == 2), default=0)
 
 
 def activation_floats_per_token(h: Hparams) -> int:
     """f32 values per token alive at once in a layer: residual, normed input, q/k/v, attention output,
-    and the feed-forward's gate, up and product."""
+    and the feed-forward's gate, up and product (Gemma-3 adds its Q/K norms, post-norms and GELU)."""
     n_q = max(h.n_head) * h.head_dim_k
     k, v = max(h.kv_width(il) for il in range(h.n_layer))
-    return 2 * h.n_embd + n_q + k + v + n_q + 3 * max(h.n_ff)
+    n = 2 * h.n_embd + n_q + k + v + n_q + 3 * max(h.n_ff)
+    if h.arch == "gemma3":
+        n += max(h.n_ff) + n_q + k + 2 * h.n_embd
+    return n
 
 
-def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, int, str]]:
-    """(what, bytes, note) of the CPU runtime's scratch, allocated and touched at load."""
+def attention_bytes(h: Hparams, n_q: int, n_kv: int) -> int:
+    """Transient bytes of one layer's attention over n_kv cells: torch's SDPA with a float mask and GQA
+    materializes the scores and their softmax (n_head x n_q x n_kv each) and K/V expanded to every query
+    head; the cache's K/V are read as f32, and the mask is f32 [n_q, n_kv]."""
+    n_head = max(h.n_head)
+    k, v = max(h.kv_width(il) for il in range(h.n_layer))
+    return F32 * (2 * n_head * n_q * n_kv + n_head * n_kv * (h.head_dim_k + h.head_dim_v)
+                  + n_kv * (k + v) + n_q * n_kv)
+
+
+def rope_tables(g, h: Hparams) -> int:
+    """The runtime's cos and sin tables (f32, n_ctx x n_rot/2) per distinct RoPE base."""
+    bases = {"global"} | ({"swa"} if any(h.swa_layers) and h.arch in ROPE_BASE_SWA
+                          and float(g.get(f"{h.arch}.rope.freq_base", 0)) != ROPE_BASE_SWA[h.arch] else set())
+    n_rot = int(g.get(f"{h.arch}.rope.dimension_count", h.head_dim_k))
+    return len(bases) * 2 * (n_rot // 2) * F32
+
+
+def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, str]]:
+    """(concern, what, bytes, note) of the CPU runtime beyond weights and KV rows. The warmup at load runs
+    one full ubatch, so the activations and attention below are reached (and kept) before the first reply."""
     ub = s.n_ubatch
-    widest = _widest(layers)
-    n_q_heads = max(h.n_head)
+    norms = sum(n for grp in layers for n, shape in grp.values() if len(shape) == 1)
+    norms += sum(n for name, (n, shape) in output.items() if len(shape) == 1)
+    cells = s.ctx + (min(s.ctx, h.swa_window + ub) if any(h.swa_layers) else 0)
     return [
-        ("dequantized weight (bf16, reused)", BF16 * widest, "largest layer matrix, for prefill"),
-        (f"activations ({ub} tokens)", F32 * ub * activation_floats_per_token(h), "f32"),
-        ("attention scores", F32 * n_q_heads * ub * s.ctx, f"f32, {n_q_heads} heads x {ub} x {s.ctx}"),
-        ("logits", F32 * h.n_vocab, "f32, last token"),
+        ("kv", "cell positions and sequences", 3 * 8 * cells, "int64 per cell"),
+        ("compute", "dequantized weight (f32, reused)", F32 * _widest(layers), "largest layer matrix, for prefill"),
+        ("compute", "RoPE cos/sin tables", rope_tables(g, h) * s.ctx, f"f32, {s.ctx} positions"),
+        ("compute", "norm weights (f32 copies)", norms, "private"),
+        ("compute", f"activations ({ub} tokens)", int(ACT_FACTOR * F32 * ub * activation_floats_per_token(h)),
+         "f32, reached by the warmup"),
+        ("compute", f"attention ({ub} x {ub} cells)", attention_bytes(h, ub, ub), "scores, softmax, expanded K/V"),
+        ("compute", "logits", 2 * F32 * h.n_vocab, "f32, last token"),
+        ("overhead", "torch thread pools and kernels", TORCH_WARM, "measured once: after the first matmul"),
     ]
+
+
+def full_context_extra(h: Hparams, s) -> int:
+    """What attention adds over the load-time peak once prompts fill the context: a ubatch attending over
+    every cell of a global layer (allocated then, not at load)."""
+    ub = s.n_ubatch
+    return max(0, attention_bytes(h, ub, s.ctx) - attention_bytes(h, ub, ub))
 
 
 def gpu_plan(g, h: Hparams, s, layers, output, rows, ram, vram) -> None:

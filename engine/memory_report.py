@@ -8,7 +8,7 @@ TITLES = {"weights": "Weights", "kv": "KV cache", "compute": "Compute scratch", 
 
 
 def mib(n: int | None) -> str:
-    if n is None:
+    if not n:
         return "-"
     if n >= 10 * 2**30:
         return f"{n / 2**30:.2f} GiB"
@@ -65,6 +65,8 @@ def format_table(p) -> str:
                 cells = [mib(i.nbytes), ""] if col == 0 else ["", mib(i.nbytes)]
                 lines.append(f"  {i.what:<56}{cells[0]:>12}{cells[1]:>12}  {i.note}")
     lines.append(f"{'Total (RAM: predicted peak RSS)':<58}{mib(p.ram.total):>12}{mib(p.vram.total):>12}")
+    lines.append(f"{'  + attention once the context is full (not at load)':<58}{mib(p.full_context_extra):>12}")
+    lines.append(f"{'Peak RSS with a full context (judged against free)':<58}{mib(p.ram_peak_full_context):>12}")
     lines.append(f"{'Free now':<58}{mib(p.free_ram):>12}{mib(p.free_vram) if p.free_vram is not None else 'no GPU':>12}")
     lines += ["", "Per layer:"] + _layer_runs(p.layers)
     rec = p.recommendation

@@ -35,18 +35,25 @@ def _plan(g, **kw):
     return plan(g, Settings(**kw), free_ram=kw.pop("free_ram", BIG), free_vram=free_vram)
 
 
+def _kv_rows(p) -> int:
+    return sum(r.kv for r in p.layers)
+
+
 def test_kv_is_the_documented_layout_on_a_global_model(smol):
-    # 30 layers x (K + V) x ctx cells x 3 kv heads * 64 dims x 2 bytes (f16)
-    assert _plan(smol, ctx=4096).ram.sum("kv") == 30 * 2 * 4096 * 192 * 2
+    # 30 layers x (K + V) x ctx cells x 3 kv heads * 64 dims x 2 bytes (f16), plus 3 int64 per cell
+    p = _plan(smol, ctx=4096)
+    assert _kv_rows(p) == 30 * 2 * 4096 * 192 * 2
+    assert p.ram.sum("kv") == _kv_rows(p) + 24 * 4096
     # q8_0: 34 bytes per 32 values
-    assert _plan(smol, ctx=4096, kv_type="q8_0").ram.sum("kv") == 30 * 2 * 4096 * (192 // 32 * 34)
+    assert _kv_rows(_plan(smol, ctx=4096, kv_type="q8_0")) == 30 * 2 * 4096 * (192 // 32 * 34)
 
 
 @pytest.mark.parametrize("ctx, swa_cells", [(512, 512), (4096, 1024), (32768, 1024)])
 def test_kv_keeps_only_the_window_on_sliding_window_layers(gemma, ctx, swa_cells):
     p = _plan(gemma, ctx=ctx)
     per_cell = 2 * 256 * 2          # K + V, 1 kv head x 256 dims, f16
-    assert p.ram.sum("kv") == 3 * ctx * per_cell + 15 * swa_cells * per_cell
+    assert _kv_rows(p) == 3 * ctx * per_cell + 15 * swa_cells * per_cell
+    assert p.ram.sum("kv") == _kv_rows(p) + 24 * (ctx + swa_cells)      # two caches' cell bookkeeping
     assert [r.kv_cells for r in p.layers][:6] == [swa_cells] * 5 + [ctx]
 
 
@@ -71,7 +78,7 @@ def test_json_has_the_inspect_shape_and_totals_add_up(gemma):
 
 
 def test_verdict_against_what_is_free(smol):
-    need = _plan(smol, ctx=4096).ram.total
+    need = _plan(smol, ctx=4096).ram_peak_full_context
     assert plan(smol, Settings(ctx=4096), free_ram=need * 2 + MARGIN_MIN, free_vram=None).verdict == "fits"
     assert plan(smol, Settings(ctx=4096), free_ram=need + 1, free_vram=None).verdict == "tight"
     lacking = plan(smol, Settings(ctx=4096), free_ram=need - 1, free_vram=None)
@@ -79,7 +86,7 @@ def test_verdict_against_what_is_free(smol):
 
 
 def test_max_ctx_is_the_largest_context_that_fits_with_the_margin(gemma):
-    target = _plan(gemma, ctx=8192).ram.total
+    target = _plan(gemma, ctx=8192).ram_peak_full_context
     free = target + max(MARGIN_MIN, target // 10) + MiB
     rec = plan(gemma, Settings(ctx=4096), free_ram=free, free_vram=None).recommendation
     assert 8192 <= rec["max_ctx"] < 32768
@@ -93,6 +100,7 @@ def test_gpu_layers_move_weights_and_kv_to_vram(smol):
     cpu, gpu = _plan(smol, ctx=4096), _plan(smol, ctx=4096, gpu_layers=10, free_vram=BIG)
     per_layer_kv = 2 * 4096 * 192 * 2
     assert gpu.vram.sum("kv") == 10 * per_layer_kv and gpu.ram.sum("kv") == cpu.ram.sum("kv") - 10 * per_layer_kv
+    assert _kv_rows(gpu) == _kv_rows(cpu)
     assert gpu.ram.sum("weights") == cpu.ram.sum("weights") - sum(r.weights for r in gpu.layers[20:])
     assert gpu.vram.sum("weights") >= sum(r.weights for r in gpu.layers[20:])   # packed: 256-byte aligned
     assert [r.place for r in gpu.layers] == ["ram"] * 20 + ["vram"] * 10
@@ -137,7 +145,7 @@ def test_model_summary(smol, gemma):
 def test_q8_0_kv_needs_rows_of_whole_blocks(tmp_path):
     path = tiny_llama(tmp_path / "t.gguf", n_embd=48, n_head=4, n_head_kv=2)      # 2 x 12 values per row
     with GGUFFile.open(path, read_data=False) as g:
-        assert _plan(g, ctx=64).ram.sum("kv") == 2 * 2 * 64 * 24 * 2
+        assert _kv_rows(_plan(g, ctx=64)) == 2 * 2 * 64 * 24 * 2
         with pytest.raises(BadRequest, match="multiple of 32"):
             _plan(g, ctx=64, kv_type="q8_0")
 
