@@ -66,7 +66,13 @@ class EngineBridge(QObject):
         return fields["request_id"] if self.send(P.Generate(**fields)) else None
 
     def start(self) -> None:
-        self._in_background(self.client.start)
+        """Spawn the engine (tens of ms, so requests sent right after are taken); it says Hello later."""
+        try:
+            self.client.start()
+        except Exception as e:
+            first = str(e).splitlines()[0] if str(e) else "no message"
+            self.error.emit(P.ErrorKind.INTERNAL.value, f"the engine did not start: {type(e).__name__}: {first}",
+                            None)
 
     def stop(self) -> None:
         self._in_background(self.client.stop)
