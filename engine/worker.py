@@ -253,7 +253,7 @@ class Worker:
         if req.threads is not None:
             try:
                 from engine import worker_model
-                worker_model.set_threads(req.threads)
+                worker_model.set_threads(req.threads, self.model)
             except Exception as e:
                 self._fail(e, "changing the thread count")
 

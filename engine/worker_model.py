@@ -54,11 +54,13 @@ def memory_plan(model) -> dict | None:
     return None
 
 
-def set_threads(n: int) -> None:
+def set_threads(n: int, model=None) -> None:
     import torch
     if n < 1:
         raise BadRequest(f"threads must be 1 or more (got {n})")
     torch.set_num_threads(n)
+    if model is not None and hasattr(model, "threads"):
+        model.threads = n                       # the runtime picks torch's threads per step from this
     try:
         from engine import kernels
         kernels.set_threads(n)

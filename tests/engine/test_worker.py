@@ -36,6 +36,9 @@ def test_stream_then_cancel_midway(engine):
     mark = rec.mark()
     client.send(P.Generate("c1", messages=CHAT, max_tokens=200, temperature=0.0))
     rec.wait_for(lambda e: len(rec.of(P.Token, mark)) >= 5, 60, mark)
+    client.send(P.Snapshot())                    # answered between tokens, mid-reply
+    snap = rec.wait_for(lambda e: isinstance(e, P.KVSnapshot), 10, mark).snapshot
+    assert snap["used"] >= len(rec.of(P.Token, mark)) and snap["total"] == 512
     t0 = time.perf_counter()
     client.cancel("c1")
     assert client.wait_state(P.EngineState.IDLE, 5)
@@ -45,6 +48,8 @@ def test_stream_then_cancel_midway(engine):
     tokens = rec.of(P.Token, mark)
     assert 5 <= done.n_tokens < 200 and len(tokens) == done.n_tokens
     assert "".join(t.text for t in tokens) == done.text
+    kinds = [type(e) for e in rec.events[mark:]]
+    assert kinds.index(P.KVSnapshot) < kinds.index(P.GenerationDone)     # the snapshot came mid-reply
     assert latency < 0.25, f"cancel to idle took {latency * 1000:.0f} ms"
 
 
