@@ -29,3 +29,9 @@ test: setup models
 
 clean:
 	rm -rf $(VENV) build *.egg-info native/*.so
+
+# Self-contained Linux bundle in dist/cellar/ (PyInstaller, installed into the venv as a build tool);
+# see packaging/README.md. Not part of `make test`: tests/test_bundle.py tests it once built.
+.PHONY: bundle
+bundle: native
+	$(BIN)/python packaging/build.py
