@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     app = QApplication.instance() or QApplication(["cellar", *argv])
+    from app import qt_fixes
+    qt_fixes.install()                     # before the first signal: see app/qt_fixes.py
     app.setApplicationName("Cellar")
     app.setOrganizationName("cellar")
     app.setDesktopFileName("cellar")

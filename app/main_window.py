@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import QApplication, QFileDialog, QMainWindow, QMessageBox, QSplitter, QToolBar
 
-from app import window_state
+from app import qt_fixes, window_state
 from app.chat.banner import Banner
 from app.chat.chat_view import ChatView
 from app.chat.controller import ChatController
@@ -29,6 +29,7 @@ from engine import protocol as P
 class MainWindow(QMainWindow):
     def __init__(self, store: Store, settings: AppSettings, bridge, *, start_engine: bool = True):
         super().__init__()
+        qt_fixes.install()
         self.store, self.settings, self.bridge = store, settings, bridge
         self.setWindowTitle("Cellar")
         self.resize(1280, 800)
@@ -74,7 +75,7 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- wiring
     def _wire(self) -> None:
         b, c = self.bridge, self.controller
-        self.sidebar.conversationSelected.connect(c.open_conversation)
+        self.sidebar.conversationSelected.connect(self.open_conversation)
         self.sidebar.newRequested.connect(self.new_chat)
         self.sidebar.deleted.connect(lambda cid: c.new_conversation() if cid == c.conversation_id else None)
         c.conversationsChanged.connect(self.sidebar.refresh)
@@ -200,7 +201,13 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- actions
     def new_chat(self) -> None:
         self.controller.new_conversation()
+        self.chat.show_welcome(self.model is None)
         self.chat.input.setFocus()
+
+    def open_conversation(self, cid: str) -> None:
+        """Past conversations can be read without a model; sending waits for one."""
+        self.controller.open_conversation(cid)
+        self.chat.stack.setCurrentWidget(self.chat.scroll)
 
     def show_notice(self, text: str) -> None:
         self.notice.show_message(text, "Dismiss")

@@ -70,7 +70,12 @@ class ChatView(QWidget):
             w.set_busy(on)
 
     def show_welcome(self, on: bool) -> None:
+        """No model: the welcome panel instead of the thread, and the input waits."""
         self.stack.setCurrentWidget(self.welcome if on else self.scroll)
+        self.input.setEnabled(not on)
+        self.send_btn.setEnabled(not on)
+        self.input.setPlaceholderText("Load a model to start chatting" if on else
+                                      "Message…   (Enter sends, Shift+Enter for a new line)")
 
     # ---------------------------------------------------------------- thread
     def clear(self) -> None:

@@ -17,7 +17,7 @@ class ChatController(QObject):
     conversationsChanged = Signal()
     conversationOpened = Signal(str)          # id
     replyStarted = Signal(str)                # message id
-    replyFinished = Signal(str, dict)         # message id, stats
+    replyFinished = Signal(str, object)       # message id, stats dict (Signal(dict) leaks refcounts in PySide6)
 
     def __init__(self, store: Store, bridge, view: ChatView, sampling, parent=None):
         """sampling: a callable returning Generate's sampling fields (from the settings)."""

@@ -141,6 +141,8 @@ class MessageWidget(QFrame):
         if stats.get("stop_reason") in ("cancelled", "length", "error"):
             parts.append({"cancelled": "stopped", "length": "cut at the token limit",
                           "error": "interrupted"}[stats["stop_reason"]])
+        if stats.get("error"):
+            tips.append(stats["error"])
         self.stats_label.setText(" · ".join(parts))
         self.stats_label.setToolTip("\n".join(tips))
 

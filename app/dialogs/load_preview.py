@@ -26,7 +26,7 @@ def quant_mix_text(summary: dict) -> str:
 
 
 class LoadPreviewDialog(QDialog):
-    loadRequested = Signal(str, dict)          # path, protocol.Load fields (path aside)
+    loadRequested = Signal(str, object)        # path, dict of protocol.Load fields (path aside)
 
     def __init__(self, preview: ModelPreview, settings: AppSettings, parent=None):
         super().__init__(parent)
