@@ -24,6 +24,7 @@ static _Atomic int sleeping;          /* workers blocked on wake_cond */
 static _Atomic int quit;
 static pool_task job_fn;
 static void *job_arg;
+static unsigned start_generation;    /* fixed while workers start (under use_lock) */
 static long spin_ns = 100000;         /* how long an idle worker spins before sleeping */
 
 static inline void cpu_relax(void) {
@@ -39,7 +40,9 @@ static long now_ns(void) {
 
 static void *worker_main(void *p) {
     const int ith = (int)(intptr_t)p;
-    unsigned seen = atomic_load(&generation);
+    /* the generation when the pool was (re)started, not when this thread got to run: a job posted
+     * before the thread was scheduled must not be missed */
+    unsigned seen = start_generation;
     for (;;) {
         long t0 = now_ns();
         int spins = 0;
@@ -84,6 +87,7 @@ int pool_set_threads(int n) {
     pthread_mutex_lock(&use_lock);
     if (n != n_threads) {
         stop_workers();
+        start_generation = atomic_load(&generation);
         int started = 1;
         for (int i = 1; i < n; i++) {
             if (pthread_create(&workers[i], NULL, worker_main, (void *)(intptr_t)i) != 0) break;
