@@ -5,6 +5,10 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
+from app import qt_fixes  # noqa: E402
+
+qt_fixes.install()          # every Qt test here, the bridge's included: see app/qt_fixes.py
+
 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path, monkeypatch):
