@@ -24,7 +24,7 @@ def code_blocks(text: str) -> list[str]:
 
 
 def with_copy_links(text: str) -> str:
-    """text with '[⧉ copy](copy:N)' after the N-th closed code block."""
+    """text with '[copy code](copy:N)' after the N-th closed code block."""
     out, n, fence = [], 0, None
     for line in text.splitlines():
         out.append(line)
@@ -34,7 +34,7 @@ def with_copy_links(text: str) -> str:
         elif fence is not None and m and line.strip() == fence:
             fence = None
             out.append("")
-            out.append(f"[⧉ copy code](copy:{n})")
+            out.append(f"[copy code](copy:{n})")
             out.append("")
             n += 1
     return "\n".join(out)

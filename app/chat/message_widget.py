@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QGuiApplication, QPalette, QTextBlockFormat, QTextCursor, QTextFormat
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSizePolicy,
                                QTextBrowser, QToolButton, QVBoxLayout, QWidget)
 
@@ -22,6 +22,20 @@ class MarkdownView(QTextBrowser):
         self.viewport().setAutoFillBackground(False)
         self.setStyleSheet("QTextBrowser { background: transparent; }")
         self.document().documentLayout().documentSizeChanged.connect(self._fit)
+
+    def set_markdown(self, text: str) -> None:
+        """Markdown, with code blocks shaded so they read as code."""
+        self.setMarkdown(text)
+        shade = self.palette().color(QPalette.ColorRole.AlternateBase).darker(110)
+        cursor = QTextCursor(self.document())
+        block = self.document().begin()
+        while block.isValid():
+            if block.blockFormat().hasProperty(QTextFormat.Property.BlockCodeFence):
+                fmt = QTextBlockFormat()
+                fmt.setBackground(shade)
+                cursor.setPosition(block.position())
+                cursor.mergeBlockFormat(fmt)
+            block = block.next()
 
     def _fit(self, *_):
         h = int(self.document().size().height()) + 4
@@ -80,7 +94,7 @@ class MessageWidget(QFrame):
         acts = QHBoxLayout()
         self.regen_btn = QPushButton("↻ Regenerate", toolTip="Write this reply again (the old one is kept)")
         self.edit_btn = QPushButton("✎ Edit", toolTip="Change this message and send it again (the old one is kept)")
-        self.copy_btn = QPushButton("⧉ Copy", toolTip="Copy this message's text")
+        self.copy_btn = QPushButton("Copy", toolTip="Copy this message's text")
         self.save_btn = QPushButton("Send", toolTip="Send the edited message as a new version")
         self.cancel_btn = QPushButton("Cancel")
         self.regen_btn.clicked.connect(lambda: self.regenerate.emit(self.message_id))
@@ -118,7 +132,7 @@ class MessageWidget(QFrame):
 
     def _render(self) -> None:
         self._render_timer.stop()
-        self.body.setMarkdown(with_copy_links(self._text) if self._text else "…")
+        self.body.set_markdown(with_copy_links(self._text) if self._text else "…")
 
     def _link(self, url) -> None:
         if url.scheme() == "copy":

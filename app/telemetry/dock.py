@@ -36,6 +36,7 @@ class TelemetryDock(QDockWidget):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(body)
+        body.setMinimumWidth(0)
         self.setWidget(scroll)
         self._load_s: float | None = None
         self._n_eval: int | None = None

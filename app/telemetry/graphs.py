@@ -30,6 +30,7 @@ class MemoryGraphs(QWidget):
         self.ram_plot = pg.PlotWidget(background=None)
         self.ram_plot.setMinimumHeight(120)
         self.ram_plot.setMaximumHeight(200)
+        self.ram_plot.setMinimumWidth(200)
         self.ram_plot.setMouseEnabled(False, False)
         self.ram_plot.hideButtons()
         self.ram_plot.setLabel("left", "MiB")
@@ -43,11 +44,8 @@ class MemoryGraphs(QWidget):
         self.avail_label = QLabel("RAM available —")
         self.avail_label.setToolTip("Memory the system can still give to programs without swapping "
                                     "(psutil 'available'), of the total installed")
-        row = QHBoxLayout()
-        row.addWidget(self.rss_label)
-        row.addStretch(1)
-        row.addWidget(self.avail_label)
-        lay.addLayout(row)
+        lay.addWidget(self.rss_label)
+        lay.addWidget(self.avail_label)
 
         self.vram_plot = pg.PlotWidget(background=None)
         self.vram_plot.setMinimumHeight(90)
