@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-EXCLUDED_QT = ("QtNetwork", "QtQml", "QtQuick", "QtOpenGLWidgets", "QtSvg", "QtTest", "QtSql",
+EXCLUDED_QT = ("QtNetwork", "QtQml", "QtQuick", "QtSvg", "QtTest", "QtSql",
                "QtPdf", "QtMultimedia", "QtDBus", "QtPrintSupport")
 
 
@@ -64,6 +64,7 @@ def check_resources() -> dict:
 def check_qt() -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     import importlib
+    import numpy as np
     from PySide6 import QtCore, QtGui, QtWidgets
     import pyqtgraph as pg
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
@@ -71,6 +72,9 @@ def check_qt() -> dict:
     pixmap = icon.pixmap(64, 64)
     plot = pg.PlotWidget()
     plot.plot([1.0, 3.0, 2.0])
+    plot.addItem(pg.ImageItem(np.arange(64, dtype=np.float32).reshape(8, 8)))
+    plot.addItem(pg.BarGraphItem(x=[0, 1], height=[2, 1], width=0.5))
+    plot.show()
     plot.deleteLater()
     app.processEvents()
     present = []

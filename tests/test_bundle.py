@@ -1,4 +1,4 @@
-"""The `cellar` command through both front doors: the source tree (this interpreter) and the built
+"""The `cellar` command through both front doors: the source tree (this venv's `cellar`) and the built
 bundle dist/cellar/cellar (PyInstaller, `make bundle`; see packaging/README.md).
 
 The bundle tests skip when no bundle has been built, since building takes minutes and CI does not
@@ -30,7 +30,9 @@ def _bundle_cmd() -> list[str]:
 
 
 def _venv_cmd() -> list[str]:
-    return [sys.executable, "-m", "app.launcher"]
+    """The `cellar` script pip installed next to this interpreter (the pyproject entry point)."""
+    script = Path(sys.executable).parent / "cellar"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "app.launcher"]
 
 
 FRONT_DOORS = {"venv": _venv_cmd, "bundle": _bundle_cmd}
@@ -45,7 +47,7 @@ def _run(cmd: list[str], *args: str, timeout: float = 120, **env) -> subprocess.
     full_env = dict(os.environ, QT_QPA_PLATFORM="offscreen", **env)
     full_env.pop("DISPLAY", None)
     full_env.pop("WAYLAND_DISPLAY", None)
-    cwd = ROOT if cmd[0] == sys.executable else Path.home()   # the bundle must not lean on the source tree
+    cwd = Path.home() if cmd[0] == str(BUNDLE) else ROOT     # the bundle must not lean on the source tree
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
 
 
