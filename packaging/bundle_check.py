@@ -7,7 +7,8 @@ Prints one JSON object on stdout and exits 0 when every part was found and works
 - resources: the icon and the .desktop file next to the code
 - qt: QtCore/QtGui/QtWidgets and pyqtgraph import, the SVG icon loads, a plot widget builds (offscreen);
   in the bundle, the Qt modules left out on purpose (EXCLUDED_QT) must fail to import
-- worker: the engine process starts (multiprocessing spawn of the frozen program), reports idle, stops
+- worker: the engine process starts (multiprocessing spawn of the frozen program), reports idle with
+  no Qt library loaded (the engine never needs Qt), stops
 Each part is checked in isolation: one failing part is reported, never hides the others.
 """
 from __future__ import annotations
@@ -34,9 +35,9 @@ def _inside(path: Path) -> bool:
         return False
 
 
-def _mapped(lib_name: str) -> list[str]:
-    """Paths of the files named lib_name that this process has mapped (what was really loaded)."""
-    with open("/proc/self/maps") as f:
+def _mapped(lib_name: str, pid: int | str = "self") -> list[str]:
+    """Paths of the files named lib_name that a process has mapped (what was really loaded)."""
+    with open(f"/proc/{pid}/maps") as f:
         return sorted({line.split(None, 5)[-1].strip() for line in f if line.rstrip().endswith("/" + lib_name)})
 
 
@@ -97,10 +98,12 @@ def check_worker(timeout: float = 120.0) -> dict:
     try:
         idle = client.wait_state(P.EngineState.IDLE, timeout=timeout)
         pid = client.pid
+        qt_in_worker = _mapped("libQt6Core.so.6", pid) if idle else []
     finally:
         client.stop()
-    return {"ok": idle and pid != os.getpid(), "reached_idle": idle, "pid": pid,
-            "exit": client.last_exit[0], "seconds": round(time.monotonic() - t0, 2)}
+    return {"ok": idle and pid != os.getpid() and not qt_in_worker, "reached_idle": idle, "pid": pid,
+            "qt_in_worker": qt_in_worker, "exit": client.last_exit[0],
+            "seconds": round(time.monotonic() - t0, 2)}
 
 
 CHECKS = {"native": check_native, "templates": check_templates, "resources": check_resources,

@@ -111,6 +111,7 @@ def test_bundle_check_reports_every_part():
     assert {"chatml", "gemma"} <= set(report["templates"]["names"])
     assert report["qt"]["icon_loaded"] and report["qt"]["excluded_but_present"] == []
     assert report["worker"]["reached_idle"] and report["worker"]["exit"] == 0
+    assert report["worker"]["qt_in_worker"] == []                  # the engine process holds no Qt
     assert r.returncode == 0
 
 
