@@ -24,11 +24,11 @@ class EngineBridge(QObject):
     crashed = Signal(str, object, object)      # detail, exit code, signal name (or None)
     loadProgress = Signal(float, str)
     modelLoaded = Signal(object)               # P.ModelLoaded
-    memoryPlan = Signal(dict)
+    memoryPlan = Signal(object)                # dict: the plan (object, not dict: see tests/app/test_signal_types.py)
     token = Signal(str, int, str)              # request_id, token id, text
     generationDone = Signal(object)            # P.GenerationDone
     telemetry = Signal(object)                 # P.Telemetry
-    kvSnapshot = Signal(dict)
+    kvSnapshot = Signal(object)                # dict: the KV snapshot
     sessionSaved = Signal(object)
     sessionRestored = Signal(object)
     error = Signal(str, str, object)           # ErrorKind value, one-line message, request_id or None
