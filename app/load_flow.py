@@ -2,13 +2,12 @@
 check it is GGUF, show the preview dialog, send Load, follow the progress, report plainly."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import QObject, Signal
 
 from app.background import run_in_thread
 from app.dialogs.load_preview import LoadPreviewDialog
 from app.model_files import error_line, open_preview
+from app.pull_flow import LABELS, PullFlow
 from engine import protocol as P
 
 LOAD_ERRORS = {P.ErrorKind.BAD_MODEL_FILE.value, P.ErrorKind.UNSUPPORTED.value, P.ErrorKind.OUT_OF_MEMORY.value,
@@ -25,6 +24,8 @@ class LoadFlow(QObject):
         self.window, self.bridge, self.settings_of = window, bridge, settings_of
         self.dialog: LoadPreviewDialog | None = None
         self.loading_path: str | None = None
+        self.pulls = PullFlow(self)
+        self.pulls.finished.connect(self._pulled)
         bridge.loadProgress.connect(self._progress)
         bridge.modelLoaded.connect(self._loaded)
         bridge.error.connect(self._error)
@@ -74,15 +75,19 @@ class LoadFlow(QObject):
 
     # ---------------------------------------------------------------- known models
     def pull(self, name: str) -> None:
-        """Fetch a known model (engine.pull, no torch) off the GUI thread, then preview it."""
-        from engine.pull import pull
-        self.pullState.emit(name, f"Downloading {name} and checking its hash…")
+        """Fetch a known model (engine.pull, no torch) off the GUI thread with progress, then preview it."""
+        if self.pulls.busy:
+            self.notice.emit(f"{LABELS.get(self.pulls.name, self.pulls.name)} is still downloading; wait for it "
+                             "or cancel it first")
+            return
+        self.pulls.pull(name)
+        self.pullState.emit(name, "")
 
-        def done(path: Path) -> None:
-            self.pullState.emit(None, "")
-            self.open_path(str(path))
-
-        def failed(e: BaseException) -> None:
-            self.pullState.emit(None, error_line(e))
-
-        run_in_thread(lambda: pull(name), done, failed)
+    def _pulled(self, name: str, path, message: str) -> None:
+        if path is None:
+            self.pullState.emit(None, message or f"Download of {LABELS.get(name, name)} cancelled; nothing was kept.")
+            if message:
+                self.notice.emit(message)
+            return
+        self.pullState.emit(None, "")
+        self.open_path(str(path))

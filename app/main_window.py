@@ -16,6 +16,7 @@ from app.chat.welcome import KNOWN_MODELS
 from app.dialogs.settings_dialog import SettingsDialog
 from app.drop_overlay import DropOverlay
 from app.load_flow import LoadFlow
+from app.pull_progress import PullProgress
 from app.settings import AppSettings
 from app.sidebar import Sidebar
 from app.status_bar import StatusBar
@@ -63,6 +64,9 @@ class MainWindow(QMainWindow):
 
         self.controller = ChatController(store, bridge, self.chat, lambda: self.settings.sampling(), self)
         self.loader = LoadFlow(self, bridge, lambda: self.settings)
+        self.chat.welcome.set_progress_widget(PullProgress(self.loader.pulls))
+        self.status_pull = PullProgress(self.loader.pulls, compact=True)
+        self.status.addPermanentWidget(self.status_pull)
         self._wire()
         self._menus()
         self._refresh_models_menu()
@@ -90,6 +94,7 @@ class MainWindow(QMainWindow):
         self.chat.welcome.modelChosen.connect(self.loader.open_path)
         self.loader.notice.connect(self.show_notice)
         self.loader.pullState.connect(lambda name, msg: self.chat.welcome.set_pulling(name, msg))
+        self.loader.pulls.finished.connect(lambda *_: self._refresh_models_menu())
         b.stateChanged.connect(self._state_changed)
         b.crashed.connect(self._crashed)
         b.modelLoaded.connect(self._model_loaded)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 KNOWN_MODELS = (("smollm2", "SmolLM2 135M Instruct", "98 MB, chat, quick on any CPU"),
                 ("gemma3", "Gemma 3 270M", "253 MB, sliding-window attention"))
@@ -33,16 +33,17 @@ class WelcomePanel(QWidget):
         open_btn = QPushButton("Open a .gguf file…")
         open_btn.clicked.connect(self.openRequested.emit)
         lay.addWidget(open_btn, 0, Qt.AlignmentFlag.AlignHCenter)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 0)
-        self.progress.setMaximumWidth(360)
-        self.progress.hide()
+        self.progress: QWidget | None = None          # a PullProgress, set by set_progress_widget
         self.status = QLabel("")
         self.status.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.status.setWordWrap(True)
-        lay.addWidget(self.progress, 0, Qt.AlignmentFlag.AlignHCenter)
+        self._progress_at = lay.count()
         lay.addWidget(self.status)
         lay.addStretch(2)
+
+    def set_progress_widget(self, w: QWidget) -> None:
+        self.progress = w
+        self.layout().insertWidget(self._progress_at, w)
 
     def set_cached(self, name: str, path: str | None) -> None:
         """A known model already on disk loads straight away instead of downloading."""
@@ -58,7 +59,6 @@ class WelcomePanel(QWidget):
 
     def set_pulling(self, name: str | None, message: str = "") -> None:
         busy = name is not None
-        self.progress.setVisible(busy)
         for b in self.buttons.values():
             b.setEnabled(not busy)
         self.status.setText(message)

