@@ -26,6 +26,7 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 _INT64_MAX = 2**63 - 1
+_MAX_NESTED = 1 << 16        # arrays inside one metadata array (no known model stores more than a few)
 
 # metadata value types: (name, struct format, numpy dtype)
 _U8, _I8, _U16, _I16, _U32, _I32, _F32, _BOOL, _STR, _ARR, _U64, _I64, _F64 = range(13)
@@ -264,6 +265,8 @@ class _Parser:
         if etype == _ARR:
             if n * 12 > left:
                 raise self.fail(f"array {_q(key)} claims {n} arrays, more than the file could hold")
+            if n > _MAX_NESTED:     # each costs a Python object ~10x its 12 bytes: bound the blow-up
+                raise self.fail(f"array {_q(key)} holds {n} arrays; Cellar reads at most {_MAX_NESTED}")
             return [self.value(_ARR, key, depth + 1) for _ in range(n)]
         raise self.fail(f"array {_q(key)} has unknown element type {etype}")
 

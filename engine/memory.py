@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Any
 
-from engine.errors import BadRequest
+from engine.errors import BadModelFile, BadRequest
+from engine.model_checks import MAX_LAYERS
 from engine.model_info import Hparams, hparams, layer_of, model_summary
 
 MiB = 1 << 20
@@ -165,6 +166,9 @@ def kv_layer_bytes(h: Hparams, il: int, s: Settings) -> int:
 def _groups(g) -> tuple[list[dict], dict, dict]:
     """Tensor name -> (nbytes, shape) per layer, for the output head, and for everything else."""
     n_layer = max((layer_of(n) for n in g.tensors if layer_of(n) is not None), default=-1) + 1
+    if n_layer > MAX_LAYERS:
+        raise BadModelFile(f"{g.path.name}: a tensor names layer {n_layer - 1}, more than a model has "
+                           f"({MAX_LAYERS}); the file is corrupt")
     layers: list[dict] = [{} for _ in range(n_layer)]
     output, other = {}, {}
     for name, t in g.tensors.items():
@@ -232,9 +236,11 @@ class _Model:
     @classmethod
     def of(cls, g) -> "_Model":
         layers, output, other = _groups(g)
+        h = hparams(g)
+        layers += [{} for _ in range(h.n_layer - len(layers))]     # layers without tensors weigh nothing
         tok = (TOKENIZER_PER_TOKEN * len(g.get("tokenizer.ggml.tokens") or ())
                + TOKENIZER_PER_MERGE * len(g.get("tokenizer.ggml.merges") or ()))
-        return cls(g, hparams(g), layers, output, other, _metadata_bytes(g.metadata), tok)
+        return cls(g, h, layers, output, other, _metadata_bytes(g.metadata), tok)
 
 
 def _plan_at(m: _Model, s: Settings, have_gpu: bool) -> MemoryPlan:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadModelFile
+from engine.model_checks import MAX_CTX, MAX_DIM, MAX_LAYERS, number
 
 # Sliding-window layer patterns (llama.cpp's set_swa_pattern): with pattern P, layer il uses the window
 # when il % P < P - 1, i.e. every P-th layer is global. Architectures not listed keep full KV everywhere.
@@ -41,53 +42,54 @@ class Hparams:
         return "".join("S" if s else "G" for s in self.swa_layers) if self.swa_window else ""
 
 
-def _per_layer(g, key: str, n_layer: int, default: int | None = None) -> tuple[int, ...]:
+def _per_layer(g, key: str, n_layer: int, default: int | None = None, lo: int = 0) -> tuple[int, ...]:
     v = g.get(key)
     if v is None:
         if default is None:
             g.require(key)
-        return (int(default),) * n_layer
+        return (number(g, key, default, lo=lo),) * n_layer
     if isinstance(v, np.ndarray):
-        if v.size != n_layer:
+        if v.size != n_layer or v.dtype.kind not in "iu":
             raise BadModelFile(f"{g.path.name}: metadata '{key}' has {v.size} values for {n_layer} layers; "
                                f"the file is corrupt")
+        if v.size and not (lo <= int(v.min()) and int(v.max()) <= MAX_DIM):
+            raise BadModelFile(f"{g.path.name}: metadata '{key}' holds {int(v.min())}..{int(v.max())}, outside "
+                               f"{lo}..{MAX_DIM}; the file is corrupt")
         return tuple(int(x) for x in v)
-    return (int(v),) * n_layer
-
-
-def _positive(g, key: str, value: int) -> int:
-    if value <= 0:
-        raise BadModelFile(f"{g.path.name}: metadata '{key}' is {value}, it must be above 0; the file is corrupt")
-    return value
+    return (number(g, key, lo=lo),) * n_layer
 
 
 def hparams(g) -> Hparams:
-    """The shape of the model from its metadata (BadModelFile naming a missing or absurd key)."""
+    """The shape of the model from its metadata (BadModelFile naming a missing or absurd key). Every
+    number is range-checked before it sizes anything: a lying header cannot make the plan allocate."""
     arch = g.arch
     p = f"{arch}."
-    n_layer = _positive(g, p + "block_count", int(g.require(p + "block_count")))
-    n_embd = _positive(g, p + "embedding_length", int(g.require(p + "embedding_length")))
+    n_layer = number(g, p + "block_count", hi=min(MAX_LAYERS, max(len(g.tensors), 1)))
+    n_embd = number(g, p + "embedding_length")
     n_head = _per_layer(g, p + "attention.head_count", n_layer)
-    n_head_kv = _per_layer(g, p + "attention.head_count_kv", n_layer, default=max(n_head))
-    n_ff = _per_layer(g, p + "feed_forward_length", n_layer, default=4 * n_embd)
     head0 = max(n_head)
-    _positive(g, p + "attention.head_count", head0)
-    hd_k = int(g.get(p + "attention.key_length", n_embd // head0))
-    hd_v = int(g.get(p + "attention.value_length", hd_k))
+    if head0 <= 0:
+        raise BadModelFile(f"{g.path.name}: metadata '{p}attention.head_count' is {head0}, it must be above 0; "
+                           f"the file is corrupt")
+    n_head_kv = _per_layer(g, p + "attention.head_count_kv", n_layer, default=head0)
+    n_ff = _per_layer(g, p + "feed_forward_length", n_layer, default=4 * n_embd)
+    hd_k = number(g, p + "attention.key_length", max(n_embd // head0, 1))
+    hd_v = number(g, p + "attention.value_length", hd_k)
     tokens = g.get("tokenizer.ggml.tokens")
     emb = g.tensors.get("token_embd.weight")
-    n_vocab = int(g.get(p + "vocab_size", len(tokens) if tokens else (emb.shape[0] if emb else 0)))
-    window = int(g.get(p + "attention.sliding_window", 0) or 0)
+    n_vocab = number(g, p + "vocab_size", len(tokens) if isinstance(tokens, list) else (emb.shape[0] if emb else 0),
+                     lo=0, hi=1 << 24)
+    window = number(g, p + "attention.sliding_window", 0, lo=0, hi=MAX_CTX)
     pattern = g.get(p + "attention.sliding_window_pattern")
     if isinstance(pattern, np.ndarray) and pattern.size == n_layer:
         swa = tuple(bool(x) for x in pattern)
     else:
-        every = int(pattern) if isinstance(pattern, int) and pattern > 0 else SWA_PATTERN.get(arch, 0)
+        every = int(pattern) if isinstance(pattern, int) and 0 < pattern <= MAX_LAYERS else SWA_PATTERN.get(arch, 0)
         swa = tuple(bool(window and every and il % every < every - 1) for il in range(n_layer))
     if not any(swa):
         window = 0
-    return Hparams(arch, n_layer, n_embd, n_vocab, int(g.get(p + "context_length", 2048)), n_head, n_head_kv,
-                   hd_k, hd_v, n_ff, window, swa)
+    n_ctx = number(g, p + "context_length", 2048, hi=MAX_CTX)
+    return Hparams(arch, n_layer, n_embd, n_vocab, n_ctx, n_head, n_head_kv, hd_k, hd_v, n_ff, window, swa)
 
 
 def layer_of(name: str) -> int | None:

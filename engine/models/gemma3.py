@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 
 from engine.kv_cache import KVMemory
-from engine.models.base import Hparams, Step, Transformer, attention, geglu, meta, rms_norm
+from engine.models.base import Hparams, Step, Transformer, attention, geglu, rms_norm
+from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number
 from engine.ops import Scratch, get_rows, linear
 
 SWA_PATTERN = 6            # llama.cpp: hparams.set_swa_pattern(6)
@@ -28,27 +29,42 @@ class Gemma3(Transformer):
     @classmethod
     def hparams(cls, g) -> Hparams:
         a = cls.arch
-        n_embd = meta(g, f"{a}.embedding_length", int)
-        n_head = meta(g, f"{a}.attention.head_count", int)
-        n_layer = meta(g, f"{a}.block_count", int)
-        head_dim = int(g.get(f"{a}.attention.key_length", n_embd // n_head))
-        window = int(g.get(f"{a}.attention.sliding_window", 0))
+        n_embd = number(g, f"{a}.embedding_length")
+        n_head = number(g, f"{a}.attention.head_count")
+        n_layer = number(g, f"{a}.block_count", hi=MAX_LAYERS)
+        head_dim = number(g, f"{a}.attention.key_length", n_embd // n_head)
+        window = number(g, f"{a}.attention.sliding_window", 0, lo=0, hi=MAX_CTX)
         scaling = g.get(f"{a}.rope.scaling.type", "none")
-        factor = float(g.get(f"{a}.rope.scaling.factor", 1.0) or 1.0) if scaling == "linear" else 1.0
+        scaling = scaling if isinstance(scaling, str) else "none"
+        factor = number(g, f"{a}.rope.scaling.factor", 1.0, float, lo=1e-3, hi=1e6) if scaling == "linear" else 1.0
         swa = frozenset(il for il in range(n_layer) if window and il % SWA_PATTERN < SWA_PATTERN - 1)
-        return Hparams(
-            n_vocab=g.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in g.tensors else 0,
+        emb = g.tensors.get("token_embd.weight")
+        hp = Hparams(
+            n_vocab=emb.shape[0] if emb is not None else 0,
             n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-            n_head_kv=int(g.get(f"{a}.attention.head_count_kv", n_head)), head_dim=head_dim,
-            head_dim_v=int(g.get(f"{a}.attention.value_length", head_dim)),
-            n_ff=meta(g, f"{a}.feed_forward_length", int),
-            eps=meta(g, f"{a}.attention.layer_norm_rms_epsilon", float),
-            n_rot=int(g.get(f"{a}.rope.dimension_count", head_dim)),
-            rope_base=float(g.get(f"{a}.rope.freq_base", 1e6)), rope_neox=True,
-            n_ctx_train=int(g.get(f"{a}.context_length", 32768)),
+            n_head_kv=number(g, f"{a}.attention.head_count_kv", n_head), head_dim=head_dim,
+            head_dim_v=number(g, f"{a}.attention.value_length", head_dim),
+            n_ff=number(g, f"{a}.feed_forward_length"),
+            eps=number(g, f"{a}.attention.layer_norm_rms_epsilon", cast=float, lo=0, hi=1),
+            n_rot=number(g, f"{a}.rope.dimension_count", head_dim),
+            rope_base=number(g, f"{a}.rope.freq_base", 1e6, float, lo=1e-3, hi=1e15), rope_neox=True,
+            n_ctx_train=number(g, f"{a}.context_length", 32768, hi=MAX_CTX),
             swa_window=window, swa_layers=swa, rope_base_swa=ROPE_BASE_SWA, rope_scale=1.0 / factor,
             # llama.cpp: the 27B model (62 layers) scales queries by 1/sqrt(n_embd / n_head)
             q_scale=1.0 / math.sqrt(n_embd // n_head if n_layer == 62 else head_dim))
+        check_hparams(g, hp)
+        check_tensors(g, hp, {"token_embd.weight": (hp.n_vocab, n_embd), "output_norm.weight": (n_embd,),
+                              "output.weight": (hp.n_vocab, n_embd)}, cls.layer_shapes(hp),
+                      frozenset({"output.weight"}))
+        return hp
+
+    @staticmethod
+    def layer_shapes(hp: Hparams) -> dict[str, tuple[int, ...]]:
+        e, q, k, v = hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim_v
+        return {"attn_norm": (e,), "attn_q_norm": (hp.head_dim,), "attn_k_norm": (hp.head_dim,),
+                "post_attention_norm": (e,), "ffn_norm": (e,), "post_ffw_norm": (e,), "attn_q": (q, e),
+                "attn_k": (k, e), "attn_v": (v, e), "attn_output": (e, hp.n_head * hp.head_dim_v),
+                "ffn_gate": (hp.n_ff, e), "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
 
     def embed(self, ids):
         return get_rows(self.tok_embd, ids) * math.sqrt(self.hp.n_embd)

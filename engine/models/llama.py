@@ -6,7 +6,8 @@ gives the Hugging Face model's rotate-half result.
 from __future__ import annotations
 
 from engine.kv_cache import KVMemory
-from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt, meta, rms_norm, swiglu
+from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt, rms_norm, swiglu
+from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number
 from engine.ops import Scratch, linear
 
 
@@ -17,20 +18,35 @@ class Llama(Transformer):
     @classmethod
     def hparams(cls, g) -> Hparams:
         a = cls.arch
-        n_embd = meta(g, f"{a}.embedding_length", int)
-        n_head = meta(g, f"{a}.attention.head_count", int)
-        head_dim = int(g.get(f"{a}.attention.key_length", n_embd // n_head))
-        n_vocab = int(g.get(f"{a}.vocab_size", g.tensors["token_embd.weight"].shape[0]
-                            if "token_embd.weight" in g.tensors else 0))
-        return Hparams(
-            n_vocab=n_vocab, n_embd=n_embd, n_layer=meta(g, f"{a}.block_count", int), n_head=n_head,
-            n_head_kv=int(g.get(f"{a}.attention.head_count_kv", n_head)), head_dim=head_dim,
-            head_dim_v=int(g.get(f"{a}.attention.value_length", head_dim)),
-            n_ff=meta(g, f"{a}.feed_forward_length", int),
-            eps=meta(g, f"{a}.attention.layer_norm_rms_epsilon", float),
-            n_rot=int(g.get(f"{a}.rope.dimension_count", head_dim)),
-            rope_base=float(g.get(f"{a}.rope.freq_base", 10000.0)), rope_neox=False,
-            n_ctx_train=int(g.get(f"{a}.context_length", 4096)))
+        n_embd = number(g, f"{a}.embedding_length")
+        n_head = number(g, f"{a}.attention.head_count")
+        head_dim = number(g, f"{a}.attention.key_length", n_embd // n_head)
+        emb = g.tensors.get("token_embd.weight")
+        n_vocab = number(g, f"{a}.vocab_size", emb.shape[0] if emb is not None else 0, hi=1 << 24)
+        hp = Hparams(
+            n_vocab=n_vocab, n_embd=n_embd, n_layer=number(g, f"{a}.block_count", hi=MAX_LAYERS), n_head=n_head,
+            n_head_kv=number(g, f"{a}.attention.head_count_kv", n_head), head_dim=head_dim,
+            head_dim_v=number(g, f"{a}.attention.value_length", head_dim),
+            n_ff=number(g, f"{a}.feed_forward_length"),
+            eps=number(g, f"{a}.attention.layer_norm_rms_epsilon", cast=float, lo=0, hi=1),
+            n_rot=number(g, f"{a}.rope.dimension_count", head_dim),
+            rope_base=number(g, f"{a}.rope.freq_base", 10000.0, float, lo=1e-3, hi=1e15), rope_neox=False,
+            n_ctx_train=number(g, f"{a}.context_length", 4096, hi=MAX_CTX))
+        check_hparams(g, hp)
+        check_tensors(g, hp, cls.global_shapes(hp), cls.layer_shapes(hp), frozenset({"output.weight"}))
+        return hp
+
+    @staticmethod
+    def global_shapes(hp: Hparams) -> dict[str, tuple[int, ...]]:
+        return {"token_embd.weight": (hp.n_vocab, hp.n_embd), "output_norm.weight": (hp.n_embd,),
+                "output.weight": (hp.n_vocab, hp.n_embd)}
+
+    @staticmethod
+    def layer_shapes(hp: Hparams) -> dict[str, tuple[int, ...]]:
+        e, q, k, v = hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim_v
+        return {"attn_norm": (e,), "attn_q": (q, e), "attn_k": (k, e), "attn_v": (v, e),
+                "attn_output": (e, hp.n_head * hp.head_dim_v), "ffn_norm": (e,), "ffn_gate": (hp.n_ff, e),
+                "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
 
     def block(self, il: int, x, step: Step, kv: KVMemory, scratch: Scratch):
         hp, w, n = self.hp, self.layers[il], len(step.ids)

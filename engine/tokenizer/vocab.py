@@ -2,6 +2,7 @@
 end-of-generation set, add-BOS/EOS flags, and the special-token partition of raw text."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ _EOG_TEXTS = frozenset((
     "<｜end▁of▁sentence｜>", "[e~[",
 ))
 _C_SPACE = " \t\n\v\f\r"
+_BYTE_TEXT = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 @dataclass
@@ -125,6 +127,10 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
     if len(scores) < n or (types is not None and len(types) < n):
         raise BadModelFile("GGUF tokenizer.ggml.scores/token_type are shorter than the vocabulary")
     attrs = [_TYPE_TO_ATTR.get(t, UNDEFINED) for t in _tolist(types)[:n]] if types is not None else [NORMAL] * n
+    for i in (i for i, a in enumerate(attrs) if a & BYTE):
+        if not _BYTE_TEXT.fullmatch(tokens[i]):
+            raise BadModelFile(f"GGUF token {i} is marked as a byte token but its text is {tokens[i][:20]!r}, "
+                               f"not <0xHH>; the vocabulary is corrupt")
 
     spm = model == "llama"
     bos = _id(meta, "tokenizer.ggml.bos_token_id", 1 if spm else 11, n)

@@ -1,0 +1,83 @@
+"""A model's hyperparameters and tensor table checked against each other before anything is allocated.
+
+A GGUF's metadata is untrusted: a layer count of 2**64, a head count of 0, or an attention tensor whose
+shape disagrees with the head count would otherwise surface as a MemoryError, a ZeroDivisionError, or
+a torch shape error at the first token. Every check here ends in one BadModelFile line naming the key
+or tensor, as llama.cpp refuses such files at load ("tensor 'x' has wrong shape").
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from engine.errors import BadModelFile
+
+MAX_DIM = 1 << 20          # widths, head counts, feed-forward sizes: the largest real models stay far below
+MAX_LAYERS = 4096
+MAX_CTX = 1 << 27          # trained context: 128 Mi tokens (the longest real models have 10 Mi)
+_REQUIRED = object()
+
+
+def bad(g, what: str) -> BadModelFile:
+    return BadModelFile(f"{g.path.name}: {what}; the file is corrupt or not a model Cellar can run")
+
+
+def number(g, key: str, default: Any = _REQUIRED, cast: Callable = int, lo: float = 1, hi: float = MAX_DIM):
+    """A metadata number, cast and range-checked; BadModelFile naming the key when it is missing, of the
+    wrong kind, or out of [lo, hi]. A per-layer array counts as its largest value where all are equal."""
+    if key not in g.metadata:
+        if default is _REQUIRED:
+            g.require(key)
+        if default is None:
+            return None
+    value = g.get(key, default)
+    if hasattr(value, "tolist") and not isinstance(value, (int, float)):
+        items = value.tolist()
+        if isinstance(items, list):
+            if not items or any(x != items[0] for x in items):
+                raise bad(g, f"metadata '{key}' varies per layer ({items[:4]}...), which this architecture "
+                             f"does not support")
+            value = items[0]
+    if isinstance(value, (str, bytes, list, dict)) or (cast is int and isinstance(value, float)):
+        raise bad(g, f"metadata '{key}' is {type(value).__name__}, not a number")
+    try:
+        v = cast(value)
+    except (TypeError, ValueError, OverflowError):
+        raise bad(g, f"metadata '{key}' has an unusable value {str(value)[:40]!r}") from None
+    if isinstance(v, float) and not math.isfinite(v):
+        raise bad(g, f"metadata '{key}' is {v}")
+    if not lo <= v <= hi:
+        raise bad(g, f"metadata '{key}' is {v}, outside {lo}..{hi}")
+    return v
+
+
+def check_hparams(g, hp) -> None:
+    """Relations between hyperparameters that the graph relies on."""
+    if hp.n_layer > len(g.tensors):
+        raise bad(g, f"block_count is {hp.n_layer} but the file has only {len(g.tensors)} tensors")
+    if hp.n_head % hp.n_head_kv:
+        raise bad(g, f"{hp.n_head} attention heads cannot be shared by {hp.n_head_kv} KV heads")
+    if hp.n_rot < 2 or hp.n_rot % 2 or hp.n_rot > hp.head_dim:
+        raise bad(g, f"rope.dimension_count is {hp.n_rot}; it must be even and at most the head size {hp.head_dim}")
+    if hp.eps <= 0:
+        raise bad(g, f"layer_norm_rms_epsilon is {hp.eps}; it must be above 0")
+
+
+def check_tensors(g, hp, globals_: dict[str, tuple[int, ...]], per_layer: dict[str, tuple[int, ...]],
+                  optional: frozenset[str] = frozenset()) -> None:
+    """Every tensor the graph reads exists with the shape (torch order) the hyperparameters imply, and
+    the vocabulary has exactly one embedding row per token."""
+    want = dict(globals_)
+    for il in range(hp.n_layer):
+        want.update({f"blk.{il}.{short}.weight": shape for short, shape in per_layer.items()})
+    for name, shape in want.items():
+        t = g.tensors.get(name)
+        if t is None:
+            if name in optional:
+                continue
+            raise bad(g, f"tensor '{name}' is missing")
+        if tuple(t.shape) != tuple(shape):
+            raise bad(g, f"tensor '{name}' has shape {list(t.shape)}, the metadata implies {list(shape)}")
+    tokens = g.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list) and tokens and len(tokens) != hp.n_vocab:
+        raise bad(g, f"the vocabulary has {len(tokens)} tokens but token_embd.weight has {hp.n_vocab} rows")
