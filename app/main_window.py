@@ -13,6 +13,7 @@ from app.chat.banner import Banner
 from app.chat.chat_view import ChatView
 from app.chat.controller import ChatController
 from app.chat.welcome import KNOWN_MODELS
+from app.dialogs.chat_settings import ChatSettingsDialog
 from app.dialogs.settings_dialog import SettingsDialog
 from app.drop_overlay import DropOverlay
 from app.load_flow import LoadFlow
@@ -37,6 +38,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.model: P.ModelLoaded | None = None
         self._pending_load: tuple[str, dict] | None = None
+        self.chat_settings_dialog: ChatSettingsDialog | None = None
 
         self.top = TopBar()
         bar = QToolBar("Top bar")
@@ -88,6 +90,7 @@ class MainWindow(QMainWindow):
         self.top.settingsRequested.connect(self.open_settings)
         self.top.dockToggled.connect(lambda: self.dock.setVisible(not self.dock.isVisible()))
         self.chat.banner.action.connect(self.restart_engine)
+        self.chat.header.editRequested.connect(self.open_chat_settings)
         self.notice.action.connect(self.notice.hide)
         self.chat.welcome.pullRequested.connect(self.loader.pull)
         self.chat.welcome.openRequested.connect(self.open_file_dialog)
@@ -113,6 +116,7 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&Chat")
         self.new_action = m.addAction("&New chat", QKeySequence("Ctrl+N"), self.new_chat)
         m.addAction("&Stop reply", self.controller.stop).setToolTip("Esc")
+        m.addAction("System prompt && &sampling…", self.open_chat_settings)
         m = self.menuBar().addMenu("&View")
         toggle: QAction = self.dock.toggleViewAction()
         toggle.setText("Telemetry panel")
@@ -227,6 +231,21 @@ class MainWindow(QMainWindow):
         if d.exec():
             self.apply_settings(d.result_settings(), confirm_reload=self._confirm_reload)
 
+    def open_chat_settings(self) -> ChatSettingsDialog:
+        """The shown conversation's system prompt and sampling; kept with it on OK."""
+        prompt, sampling = self.controller.chat_settings()
+        d = ChatSettingsDialog(prompt, sampling, self.controller.defaults(), self)
+        cid = self.controller.conversation_id
+
+        def accepted():
+            if cid == self.controller.conversation_id:
+                self.controller.set_chat_settings(d.system_prompt(), d.sampling())
+        d.accepted.connect(accepted)
+        d.finished.connect(lambda _r: d.deleteLater())
+        self.chat_settings_dialog = d
+        d.open()
+        return d
+
     def _confirm_reload(self, changed: list[str]) -> bool:
         return QMessageBox.question(self, "Reload the model?",
                                     f"{', '.join(changed)} take effect when the model is loaded again. Reload now? "
@@ -238,6 +257,7 @@ class MainWindow(QMainWindow):
         old = self.settings
         self.settings = new
         new.save()
+        self.controller.show_settings()
         if new.theme != old.theme:
             apply_theme(QApplication.instance(), new.theme)
         if new.threads != old.threads and new.threads:

@@ -6,6 +6,7 @@ from PySide6.QtWidgets import (QHBoxLayout, QPushButton, QScrollArea, QStackedWi
                                QWidget)
 
 from app.chat.banner import Banner
+from app.chat.chat_header import ChatHeader
 from app.chat.input_box import InputBox
 from app.chat.message_widget import MessageWidget
 from app.chat.welcome import WelcomePanel
@@ -22,6 +23,8 @@ class ChatView(QWidget):
         super().__init__(parent)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 6, 6, 6)
+        self.header = ChatHeader()
+        lay.addWidget(self.header)
         self.stack = QStackedWidget()
         self.welcome = WelcomePanel()
         self.scroll = QScrollArea()
@@ -35,6 +38,8 @@ class ChatView(QWidget):
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.scroll)
         lay.addWidget(self.stack, 1)
+        self.stack.currentChanged.connect(lambda _i: self.header.setVisible(self.stack.currentWidget() is self.scroll))
+        self.header.hide()
 
         self.banner = Banner()
         lay.addWidget(self.banner)

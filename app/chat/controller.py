@@ -8,6 +8,7 @@ import time
 from PySide6.QtCore import QObject, Signal
 
 from app.chat.chat_view import ChatView
+from app.dialogs.chat_settings import generate_fields
 from app.store import Message, Store
 
 COMMIT_EVERY_S = 1.0          # a streaming reply is written to disk at least this often
@@ -20,7 +21,7 @@ class ChatController(QObject):
     replyFinished = Signal(str, object)       # message id, stats dict (Signal(dict) leaks refcounts in PySide6)
 
     def __init__(self, store: Store, bridge, view: ChatView, sampling, parent=None):
-        """sampling: a callable returning Generate's sampling fields (from the settings)."""
+        """sampling: a callable returning Generate's sampling fields (the defaults, from the settings)."""
         super().__init__(parent)
         self.store, self.bridge, self.view, self.sampling = store, bridge, view, sampling
         self.conversation_id: str | None = None
@@ -29,6 +30,7 @@ class ChatController(QObject):
         self._reply_text = ""
         self._last_commit = 0.0
         self._error = ""
+        self._draft: tuple[str, dict | None] = ("", None)   # system prompt, sampling of a chat not yet created
         view.sendRequested.connect(self.send)
         view.stopRequested.connect(self.stop)
         view.regenerateRequested.connect(self.regenerate)
@@ -37,6 +39,7 @@ class ChatController(QObject):
         bridge.token.connect(self._on_token)
         bridge.generationDone.connect(self._on_done)
         bridge.error.connect(self._on_error)
+        self.show_settings()
 
     @property
     def generating(self) -> bool:
@@ -48,8 +51,35 @@ class ChatController(QObject):
         if self.generating:
             self.stop()
         self.conversation_id = None
+        self._draft = ("", None)
         self.view.clear()
+        self.show_settings()
         self.conversationOpened.emit("")
+
+    def defaults(self) -> dict:
+        return {"seed": None, **self.sampling()}
+
+    def chat_settings(self) -> tuple[str, dict]:
+        """The shown conversation's system prompt and sampling (every field, defaults filled in)."""
+        if self.conversation_id is None:
+            prompt, own = self._draft
+        else:
+            c = self.store.conversation(self.conversation_id)
+            prompt, own = (c.system_prompt, c.sampling) if c else ("", None)
+        return prompt, generate_fields(self.defaults(), own)
+
+    def set_chat_settings(self, system_prompt: str, sampling: dict) -> None:
+        """Keep them with the conversation (for a chat not yet created: until its first message)."""
+        if self.conversation_id is None:
+            self._draft = (system_prompt, dict(sampling))
+        else:
+            self.store.set_system_prompt(self.conversation_id, system_prompt)
+            self.store.set_sampling(self.conversation_id, dict(sampling))
+        self.show_settings()
+
+    def show_settings(self) -> None:
+        """Show the conversation's system prompt and sampling in the chat's header."""
+        self.view.header.set_values(*self.chat_settings())
 
     def open_conversation(self, cid: str) -> None:
         if cid == self.conversation_id:
@@ -58,6 +88,7 @@ class ChatController(QObject):
             self.stop()
         self.conversation_id = cid
         self.render()
+        self.show_settings()
         self.conversationOpened.emit(cid)
 
     def render(self) -> None:
@@ -76,7 +107,11 @@ class ChatController(QObject):
             return
         if self.conversation_id is None:
             title = " ".join(text.split())[:48]
-            self.conversation_id = self.store.create_conversation(title, sampling=self.sampling()).id
+            prompt, own = self._draft
+            self.conversation_id = self.store.create_conversation(
+                title, system_prompt=prompt, sampling=own if own is not None else self.sampling()).id
+            self._draft = ("", None)
+            self.show_settings()
             self.conversationsChanged.emit()
             self.conversationOpened.emit(self.conversation_id)
         thread = self.store.thread(self.conversation_id)
@@ -129,7 +164,7 @@ class ChatController(QObject):
             self.view.add_message(reply.id, "assistant", "", branch=(n, n))
         self.reply_id, self._reply_text, self._error = reply.id, "", ""
         self._last_commit = time.monotonic()
-        fields = {**self.sampling(), **(conv.sampling or {})}
+        fields = generate_fields(self.defaults(), conv.sampling)
         rid = self.bridge.generate(messages=messages, conversation_id=cid, **fields)
         if rid is None:                       # engine not running: the error signal said why
             self._finish({"stop_reason": "error"})

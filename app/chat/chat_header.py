@@ -1,0 +1,58 @@
+"""The strip above the thread: the conversation's system prompt and sampling at a glance, and the
+button that edits them."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
+
+from app.dialogs.chat_settings import summary
+
+
+class ElidedLabel(QLabel):
+    """One line that ends in … when it does not fit; `full` is the whole text."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.full = ""
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+    def set_full(self, text: str) -> None:
+        self.full = text
+        self._elide()
+
+    def _elide(self) -> None:
+        self.setText(self.fontMetrics().elidedText(self.full, Qt.TextElideMode.ElideRight, max(20, self.width())))
+
+    def resizeEvent(self, e):
+        super().resizeEvent(e)
+        self._elide()
+
+
+class ChatHeader(QWidget):
+    editRequested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(4, 0, 4, 2)
+        self.prompt = ElidedLabel()
+        self.prompt.setToolTip("This conversation's system prompt, sent before its messages")
+        self.figures = QLabel()
+        self.figures.setEnabled(False)
+        self.figures.setToolTip("This conversation's sampling: temperature, top-p, top-k, min-p, repeat penalty, "
+                                "seed and the most tokens a reply may have")
+        self.edit_btn = QPushButton("System prompt && sampling…")
+        self.edit_btn.setToolTip("Edit this conversation's system prompt and sampling settings")
+        self.edit_btn.clicked.connect(self.editRequested.emit)
+        lay.addWidget(self.prompt, 1)
+        lay.addWidget(self.figures)
+        lay.addWidget(self.edit_btn)
+        self.set_values("", {})
+
+    def set_values(self, system_prompt: str, sampling: dict) -> None:
+        one_line = " ".join(system_prompt.split())
+        self.prompt.set_full(f"System: {one_line}" if one_line else "No system prompt")
+        self.prompt.setToolTip(system_prompt or "No system prompt: the model's template decides what, if anything, "
+                               "comes before the conversation")
+        self.figures.setText(summary(system_prompt, sampling))
