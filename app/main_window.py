@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import QApplication, QFileDialog, QMainWindow, QMessageBox, QSplitter, QToolBar
 
@@ -69,6 +69,7 @@ class MainWindow(QMainWindow):
         self.chat.welcome.set_progress_widget(PullProgress(self.loader.pulls))
         self.status_pull = PullProgress(self.loader.pulls, compact=True)
         self.status.addPermanentWidget(self.status_pull)
+        self.kv_timer = QTimer(self, interval=500, timeout=self._ask_kv)   # the cell map follows a reply
         self._wire()
         self._menus()
         self._refresh_models_menu()
@@ -87,6 +88,7 @@ class MainWindow(QMainWindow):
         c.conversationsChanged.connect(self.sidebar.refresh)
         c.conversationOpened.connect(self.sidebar.select)
         c.replyFinished.connect(self._reply_finished)
+        c.replyStarted.connect(lambda _mid: self.kv_timer.start())
         self.top.settingsRequested.connect(self.open_settings)
         self.top.dockToggled.connect(lambda: self.dock.setVisible(not self.dock.isVisible()))
         self.chat.banner.action.connect(self.restart_engine)
@@ -193,7 +195,14 @@ class MainWindow(QMainWindow):
         if isinstance(ev, P.KVSnapshot):
             self.dock.set_kv(ev.snapshot)
 
+    def _ask_kv(self) -> None:
+        if not self.controller.generating:
+            self.kv_timer.stop()
+        elif self.dock.isVisible():
+            self.bridge.send(P.Snapshot())
+
     def _reply_finished(self, _mid: str, stats: dict) -> None:
+        self.kv_timer.stop()
         if "n_eval" in stats:
             self.dock.set_n_eval(stats["n_eval"])
         if self.model is not None and stats.get("prompt_tokens") is not None:

@@ -217,7 +217,9 @@ class Telemetry:
 
 @dataclass
 class KVSnapshot:
-    snapshot: dict[str, Any]                    # runtime.Model.kv_snapshot(): cells per cache, per sequence
+    snapshot: dict[str, Any]                    # runtime.Model.kv_snapshot(): cells per cache, per sequence;
+                                                # each cache also has "cells": [[seq_mask, in_window, count],
+                                                # ...] over the cell index (engine/kv_cell_map.py)
 
 
 @dataclass

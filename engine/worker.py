@@ -18,6 +18,7 @@ import time
 
 from engine import protocol as P
 from engine.errors import BadRequest, CellarError, Cancelled
+from engine.kv_cell_map import add_cell_runs
 from engine.log import setup_logging
 from engine.worker_telemetry import TelemetryLoop
 
@@ -265,7 +266,7 @@ class Worker:
         if self.model is None:
             return
         try:
-            snap = self.model.kv_snapshot()
+            snap = add_cell_runs(self.model.kv_snapshot(), self.model.kv)
         except Exception as e:
             self._fail(e, "reading the KV cache")
             return

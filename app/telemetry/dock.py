@@ -5,7 +5,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDockWidget, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from app.telemetry.graphs import MemoryGraphs
-from app.telemetry.kv_map import SEQ_COLOURS, FREE, KVCellMap
+from app.telemetry.kv_map import FREE, SEQ_COLOURS, SHARED, KVCellMap
 
 
 class TelemetryDock(QDockWidget):
@@ -22,11 +22,18 @@ class TelemetryDock(QDockWidget):
         lay.addWidget(self.kv_title)
         self.kv_map = KVCellMap()
         lay.addWidget(self.kv_map)
-        legend = QLabel(f"<span style='color:{SEQ_COLOURS[0]}'>■</span> this chat &nbsp; "
-                        f"<span style='color:{SEQ_COLOURS[1]}'>■</span> other sequence &nbsp; "
-                        f"<span style='color:{FREE}'>■</span> free")
-        legend.setToolTip("Hatched squares in a sliding-window cache are cells outside the current window")
-        lay.addWidget(legend)
+        self.legend = QLabel(f"<span style='color:{SEQ_COLOURS[0]}'>■</span> this chat &nbsp; "
+                             f"<span style='color:{SEQ_COLOURS[1]}'>■</span> other sequence &nbsp; "
+                             f"<span style='color:{SHARED}'>■</span> shared &nbsp; "
+                             f"<span style='color:{FREE}'>■</span> free")
+        self.legend.setWordWrap(True)
+        self.legend.setToolTip("A square partly filled is a block of cells partly in use")
+        lay.addWidget(self.legend)
+        self.swa_legend = QLabel("Sliding window: <b>outlined</b> cells are inside the window the next token "
+                                 "sees; <i>hatched</i> ones are outside it, kept until overwritten.")
+        self.swa_legend.setWordWrap(True)
+        self.swa_legend.hide()
+        lay.addWidget(self.swa_legend)
         self.figures = QLabel("Load — · n_eval —")
         self.figures.setToolTip("Load: seconds the last model load took. n_eval: prompt tokens the last reply "
                                 "actually evaluated (the rest came from the KV cache)")
@@ -43,6 +50,7 @@ class TelemetryDock(QDockWidget):
 
     def set_kv(self, snap: dict) -> None:
         self.kv_map.set_snapshot(snap)
+        self.swa_legend.setVisible(any(c.get("swa_window") for c in self.kv_map.caches()))
         self.kv_title.setText(f"<b>KV cache</b> &nbsp; {snap.get('used', 0)} / {snap.get('total', 0)}")
 
     def set_load_s(self, s: float) -> None:

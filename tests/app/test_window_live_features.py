@@ -1,0 +1,48 @@
+"""With the real engine and SmolLM2: a conversation's own sampling and system prompt reach the engine;
+the KV cell map follows a reply with the engine's real cells."""
+from __future__ import annotations
+
+import pytest
+
+from engine import protocol as P
+from tests.app.test_window_live import live, send_and_wait  # noqa: F401  (live is a fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def test_own_reply_length_and_system_prompt_reach_the_engine(qtbot, live):  # noqa: F811
+    w = live                                     # Settings: max_tokens 12, temperature 0
+    # longer than SmolLM2's template's own default system prompt, which is used when none is given
+    prompt = ("You are a careful assistant. You answer in French, in one short sentence, and never in English. "
+              "When you are not sure, you say so plainly and suggest where the user could look it up.")
+    w.controller.set_chat_settings(prompt,
+                                   {**w.controller.chat_settings()[1], "max_tokens": 3})
+    mid, stats = send_and_wait(qtbot, w, "Name a colour.")
+    assert (stats["n_tokens"], stats["stop_reason"]) == (3, "length")
+    with_system = stats["prompt_tokens"]
+    w.new_chat()
+    mid, stats = send_and_wait(qtbot, w, "Name a colour.")
+    assert stats["n_tokens"] > 3 or stats["stop_reason"] == "eos"      # the default reply length, 12
+    assert with_system > stats["prompt_tokens"] + 15                  # our system prompt was sent
+
+
+def test_cell_map_follows_a_reply_with_the_engines_cells(qtbot, live):  # noqa: F811
+    w = live
+    w.settings.max_tokens = 60
+    snaps = []
+    w.bridge.event.connect(lambda ev: snaps.append(ev.snapshot) if isinstance(ev, P.KVSnapshot) else None)
+    mid, stats = send_and_wait(qtbot, w, "Count from one to twenty in words.")
+    during = [s["used"] for s in snaps]
+    assert any(0 < u < during[-1] for u in during), during            # snapshots came while it streamed
+    with qtbot.waitSignal(w.bridge.event, timeout=10000, check_params_cb=lambda ev: isinstance(ev, P.KVSnapshot)):
+        w.bridge.send(P.Snapshot())
+    snap = w.dock.kv_map.snapshot
+    (cache,) = snap["caches"]                                           # llama: one global cache
+    runs = cache["cells"]
+    assert sum(n for _, _, n in runs) == cache["total"] == 512
+    assert sum(n for m, _, n in runs if m) == cache["used"] == snap["used"]
+    assert {m for m, _, _ in runs} == {0, 1}                            # this chat (sequence 0) and free cells
+    assert stats["prompt_tokens"] + stats["n_tokens"] - 1 <= cache["used"] <= stats["prompt_tokens"] + stats["n_tokens"]
+    from app.telemetry.kv_map import cache_squares
+    per, squares = cache_squares(cache)
+    assert per == 1 and sum(s.used for s in squares) == cache["used"]
