@@ -17,7 +17,9 @@ from app.dialogs.chat_settings import ChatSettingsDialog
 from app.dialogs.settings_dialog import SettingsDialog
 from app.drop_overlay import DropOverlay
 from app.load_flow import LoadFlow
+from app.local_server import LocalServer
 from app.pull_progress import PullProgress
+from app.server_panel import ServerPanel
 from app.settings import AppSettings
 from app.sidebar import Sidebar
 from app.status_bar import StatusBar
@@ -60,6 +62,12 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.split)
         self.dock = TelemetryDock(self)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        self.server = LocalServer(self)
+        self.server_dock = ServerPanel(self.server, self)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.server_dock)
+        self.tabifyDockWidget(self.dock, self.server_dock)
+        self.dock.raise_()
+        self._server_settings_in()
         self.status = StatusBar(lambda: store.last_write)
         self.setStatusBar(self.status)
         self.overlay = DropOverlay(self)
@@ -100,6 +108,9 @@ class MainWindow(QMainWindow):
         self.loader.notice.connect(self.show_notice)
         self.loader.pullState.connect(lambda name, msg: self.chat.welcome.set_pulling(name, msg))
         self.loader.pulls.finished.connect(lambda *_: self._refresh_models_menu())
+        self.server_dock.optionsChanged.connect(self._server_settings_out)
+        self.server.stateChanged.connect(self._server_state)
+        self.server.health.connect(self._server_health)
         b.stateChanged.connect(self._state_changed)
         b.crashed.connect(self._crashed)
         b.modelLoaded.connect(self._model_loaded)
@@ -122,6 +133,9 @@ class MainWindow(QMainWindow):
         m = self.menuBar().addMenu("&View")
         toggle: QAction = self.dock.toggleViewAction()
         toggle.setText("Telemetry panel")
+        m.addAction(toggle)
+        toggle = self.server_dock.toggleViewAction()
+        toggle.setText("Local server panel")
         m.addAction(toggle)
         m.addAction("&Settings…", QKeySequence.StandardKey.Preferences, self.open_settings)
 
@@ -178,6 +192,7 @@ class MainWindow(QMainWindow):
         self.chat.show_welcome(False)
         self.status.set_context(0, ev.n_ctx)
         self.dock.set_load_s(ev.load_s)
+        self.server_dock.set_model(ev.path, {"ctx": ev.n_ctx, **ev.options})
         if ev.warning:
             self.show_notice(ev.warning)
         self.settings.remember_model(ev.path)
@@ -215,6 +230,37 @@ class MainWindow(QMainWindow):
             self.chat.banner.show_message(f"{message[:1].upper()}{message[1:]}.")
         elif request_id is not None and kind != P.ErrorKind.CANCELLED.value:
             self.status.showMessage(message, 10000)
+
+    # ---------------------------------------------------------------- the local server
+    def _server_settings_in(self) -> None:
+        s, d = self.settings, self.server_dock
+        d.port.setValue(s.server_port)
+        d.parallel.setValue(s.server_parallel)
+        d.network.setChecked(s.server_network)
+        d.api_key.setText(s.server_api_key)
+
+    def _server_settings_out(self) -> None:
+        s, d = self.settings, self.server_dock
+        s.server_port, s.server_parallel = d.port.value(), d.parallel.value()
+        s.server_network, s.server_api_key = d.network.isChecked(), d.api_key.text()
+        s.save()
+
+    def _server_state(self, state: str, detail: str) -> None:
+        if state == "running":
+            self.status.set_server(f"serving {self.server.listen_url}/v1")
+        elif state == "failed":
+            self.status.set_server("")
+            self.show_notice(f"The local server stopped: {detail}")
+            self.server_dock.show()
+            self.server_dock.raise_()
+        else:
+            self.status.set_server("server starting…" if state == "starting" else "")
+
+    def _server_health(self, h: dict) -> None:
+        from app.local_server import in_flight
+        busy, waiting = in_flight(h)
+        self.status.set_server(f"serving {self.server.listen_url}/v1 · {busy} in flight"
+                               + (f", {waiting} waiting" if waiting else ""))
 
     # ---------------------------------------------------------------- actions
     def new_chat(self) -> None:
@@ -265,7 +311,7 @@ class MainWindow(QMainWindow):
         after confirm_reload(changed fields) says yes."""
         old = self.settings
         self.settings = new
-        new.save()
+        self._server_settings_out()
         self.controller.show_settings()
         if new.theme != old.theme:
             apply_theme(QApplication.instance(), new.theme)
@@ -306,6 +352,7 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- closing
     def closeEvent(self, e):
         window_state.save(self)
+        self.server.stop_blocking()
         if self.controller.generating:
             self.controller.stop()
         super().closeEvent(e)

@@ -36,6 +36,11 @@ class AppSettings:
     repeat_penalty: float = 1.0
     max_tokens: int = 512
     theme: str = "system"
+    # the local server (always off at start)
+    server_port: int = 8080
+    server_parallel: int = 2
+    server_network: bool = False
+    server_api_key: str = ""
     # remembered
     recent_models: list[str] = field(default_factory=list)
     last_model: str | None = None
@@ -62,6 +67,13 @@ class AppSettings:
             self.ctx = d.ctx
         if not isinstance(self.batch, int) or self.batch < 1:
             self.batch = d.batch
+        if not isinstance(self.server_port, int) or not 0 <= self.server_port <= 65535:
+            self.server_port = d.server_port
+        if not isinstance(self.server_parallel, int) or not 1 <= self.server_parallel <= 16:
+            self.server_parallel = d.server_parallel
+        if not isinstance(self.server_api_key, str):
+            self.server_api_key = d.server_api_key
+        self.server_network = self.server_network is True
         return self
 
     def save(self, path: Path | None = None) -> None:

@@ -23,10 +23,14 @@ class StatusBar(QStatusBar):
                               "full the oldest half is dropped (the system prompt is kept)")
         self.engine = QLabel("engine: stopped")
         self.engine.setToolTip("What the engine process is doing")
+        self.server = QLabel("")
+        self.server.setToolTip("The local server (View ▸ Local server panel): its address and the requests it "
+                               "is answering now")
         self.saved = QLabel("")
         self.saved.setToolTip("When the conversation was last written to disk")
         self.addWidget(self.gauge)
         self.addWidget(self.engine)
+        self.addPermanentWidget(self.server)
         self.addPermanentWidget(self.saved)
         self._timer = QTimer(self, interval=1000, timeout=self.refresh_saved)
         self._timer.start()
@@ -38,6 +42,9 @@ class StatusBar(QStatusBar):
 
     def set_engine(self, state: str, detail: str = "") -> None:
         self.engine.setText(f"engine: {state}" + (f" ({detail})" if detail and state in ("loading", "busy") else ""))
+
+    def set_server(self, text: str) -> None:
+        self.server.setText(text)
 
     def refresh_saved(self) -> None:
         t = self.last_write()
