@@ -8,7 +8,7 @@ import secrets
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QCheckBox, QDockWidget, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                               QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from app.local_server import LocalServer, ServeOptions, in_flight
 
@@ -77,7 +77,10 @@ class ServerPanel(QDockWidget):
                                "ones queue for a free slot")
         lay.addWidget(self.status)
         lay.addStretch(1)
-        self.setWidget(body)
+        scroll = QScrollArea()                   # a narrow dock scrolls instead of widening the window
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
         for sig in (self.port.valueChanged, self.parallel.valueChanged, self.network.toggled, self.api_key.textChanged):
             sig.connect(lambda *_: self.optionsChanged.emit())
         server.stateChanged.connect(self._state)

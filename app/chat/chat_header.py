@@ -38,15 +38,16 @@ class ChatHeader(QWidget):
         lay.setContentsMargins(4, 0, 4, 2)
         self.prompt = ElidedLabel()
         self.prompt.setToolTip("This conversation's system prompt, sent before its messages")
-        self.figures = QLabel()
+        self.figures = ElidedLabel()
+        self.figures.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.figures.setEnabled(False)
         self.figures.setToolTip("This conversation's sampling: temperature, top-p, top-k, min-p, repeat penalty, "
                                 "seed and the most tokens a reply may have")
-        self.edit_btn = QPushButton("System prompt && sampling…")
+        self.edit_btn = QPushButton("Prompt && sampling…")
         self.edit_btn.setToolTip("Edit this conversation's system prompt and sampling settings")
         self.edit_btn.clicked.connect(self.editRequested.emit)
-        lay.addWidget(self.prompt, 1)
-        lay.addWidget(self.figures)
+        lay.addWidget(self.prompt, 2)
+        lay.addWidget(self.figures, 3)
         lay.addWidget(self.edit_btn)
         self.set_values("", {})
 
@@ -55,4 +56,4 @@ class ChatHeader(QWidget):
         self.prompt.set_full(f"System: {one_line}" if one_line else "No system prompt")
         self.prompt.setToolTip(system_prompt or "No system prompt: the model's template decides what, if anything, "
                                "comes before the conversation")
-        self.figures.setText(summary(system_prompt, sampling))
+        self.figures.set_full(summary(system_prompt, sampling))

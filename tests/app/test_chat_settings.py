@@ -31,7 +31,7 @@ def test_header_button_edits_a_new_chat_and_its_first_reply_uses_them(qtbot, win
     sent = _record_generate(window)
     header = window.chat.header
     assert header.isVisible() and header.prompt.full == "No system prompt"
-    assert "temp 0.8" in header.figures.text() and "seed random" in header.figures.text()
+    assert "temp 0.8" in header.figures.full and "seed random" in header.figures.full
     qtbot.mouseClick(header.edit_btn, Qt.MouseButton.LeftButton)
     d = window.chat_settings_dialog
     assert d is not None and d.isVisible() and d.system.toPlainText() == ""
@@ -43,7 +43,7 @@ def test_header_button_edits_a_new_chat_and_its_first_reply_uses_them(qtbot, win
     d.repeat_penalty.setValue(1.1)
     d.accept()
     assert header.prompt.full.startswith("System: You answer like a pirate")
-    assert all(s in header.figures.text() for s in ("temp 0.3", "seed 42", "≤ 7 tokens", "repeat ×1.1"))
+    assert all(s in header.figures.full for s in ("temp 0.3", "seed 42", "≤ 7 tokens", "repeat ×1.1"))
 
     window.controller.send("Where is the treasure?")
     conv = window.store.conversation(window.controller.conversation_id)
@@ -60,13 +60,13 @@ def test_header_button_edits_a_new_chat_and_its_first_reply_uses_them(qtbot, win
     # a new chat starts from the defaults again; the old one keeps its own
     window.new_chat()
     _show_thread(window)
-    assert header.prompt.full == "No system prompt" and "temp 0.8" in header.figures.text()
+    assert header.prompt.full == "No system prompt" and "temp 0.8" in header.figures.full
     window.controller.send("Hello")
     assert sent[-1]["messages"][0]["role"] == "user" and sent[-1]["temperature"] == 0.8
     assert sent[-1]["seed"] is None
     _finish(window, sent[-1]["request_id"])
     window.open_conversation(conv.id)
-    assert "seed 42" in header.figures.text()
+    assert "seed 42" in header.figures.full
     window.controller.send("And the map?")
     assert sent[-1]["seed"] == 42 and sent[-1]["messages"][0]["content"] == "You answer like a pirate."
     _finish(window, sent[-1]["request_id"])
