@@ -18,7 +18,7 @@ from engine.quant import SUPPORTED, GGMLType, QTensor, dequantize_torch
 
 LIB_NAME = "libcellar_kernels.so"   # built by native/build.py next to native/__init__.py
 ISA_NAMES = ("scalar", "avx2", "avx512", "avx512-vnni")
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 
 _lib = None
 AVAILABLE = False
@@ -45,7 +45,7 @@ def _load_library():
         return None
     i64, i32, vp = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     lib.cellar_gemv.argtypes = [i32, vp, i64, i64, i64, vp, i32, i64, vp, i64]
-    lib.cellar_dequant.argtypes = [i32, vp, i64, i64, i64, i64, vp, i64, i32]
+    lib.cellar_dequant.argtypes = [i32, vp, i64, i64, i64, i64, vp, i64, i32, i32]
     lib.cellar_supports.argtypes = [i32, i64]
     for name in ("cellar_gemv", "cellar_dequant", "cellar_supports", "cellar_set_isa", "cellar_isa",
                  "cellar_isa_best", "cellar_set_threads", "cellar_threads"):
@@ -146,9 +146,11 @@ def gemv(w: QTensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.
     return out
 
 
-def dequantize_into(w: QTensor, out: torch.Tensor, row0: int = 0, row1: int | None = None) -> torch.Tensor:
+def dequantize_into(w: QTensor, out: torch.Tensor, row0: int = 0, row1: int | None = None, *,
+                    alone: bool = False) -> torch.Tensor:
     """Rows [row0, row1) of w into out (bf16 or f32). out is [w.rows, cols] (rows land at row0..row1)
-    or exactly [row1 - row0, cols] (rows land at 0..). Returns the filled rows of out."""
+    or exactly [row1 - row0, cols] (rows land at 0..). Returns the filled rows of out. alone: on the
+    calling thread only (for callers that split a matrix between threads themselves)."""
     _check_type(w)
     rows, cols = w.rows, w.cols
     row1 = rows if row1 is None else int(row1)
@@ -173,7 +175,7 @@ def dequantize_into(w: QTensor, out: torch.Tensor, row0: int = 0, row1: int | No
         dst.copy_(dequantize_torch(raw, w.qtype, (row1 - row0, cols), dst.dtype))
         return dst
     rc = _lib.cellar_dequant(int(w.qtype), _weight_address(w), w.row_bytes, row0, row1, cols,
-                             dst.data_ptr(), dst.stride(0), int(dst.dtype == torch.bfloat16))
+                             dst.data_ptr(), dst.stride(0), int(dst.dtype == torch.bfloat16), int(alone))
     if rc != 0:
         raise RuntimeError(f"{w.name}: native dequantization failed")
     return dst

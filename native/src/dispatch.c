@@ -5,7 +5,7 @@
 #include "common.h"
 #include "pool.h"
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 float cellar_f16_table[65536];
 
@@ -195,16 +195,19 @@ static void dequant_task(void *p, int ith, int nth) {
     }
 }
 
-/* rows [row0, row1) of W into dst (row row0 at dst), dst rows dst_stride elements apart, f32 or bf16 */
+/* rows [row0, row1) of W into dst (row row0 at dst), dst rows dst_stride elements apart, f32 or bf16;
+ * on the pool's threads, or on the calling thread alone when alone != 0 (callers that split the work
+ * themselves, e.g. a matmul done in row chunks on several threads) */
 int cellar_dequant(int type, const void *w, int64_t row_bytes, int64_t row0, int64_t row1, int64_t cols,
-                   void *dst, int64_t dst_stride, int bf16) {
+                   void *dst, int64_t dst_stride, int bf16, int alone) {
     if (!cellar_supports(type, cols) || row0 < 0 || row1 < row0) return -1;
     if (row1 == row0) return 0;
     job_t j = {.k = K, .type = type, .cols = (int)cols, .w = w, .row_bytes = row_bytes, .row0 = row0,
                .rows = row1 - row0, .dst = dst, .dst_stride = dst_stride, .bf16 = bf16};
-    const int nth = pool_threads();
-    j.chunk = chunk_rows(j.rows, cols * 4, nth);
+    const int nth = alone ? 1 : pool_threads();
+    j.chunk = alone ? j.rows : chunk_rows(j.rows, cols * 4, nth);
     atomic_store(&j.next, 0);
-    pool_run(dequant_task, &j, j.rows > j.chunk ? nth : 1);
+    if (alone) dequant_task(&j, 0, 1);
+    else pool_run(dequant_task, &j, j.rows > j.chunk ? nth : 1);
     return 0;
 }

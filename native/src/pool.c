@@ -1,7 +1,12 @@
 /* A persistent pool of worker threads. The calling thread is worker 0, so set_threads(n) starts n-1
  * pthreads. Workers spin briefly for the next job (low latency between back-to-back GEMVs), then sleep
  * on a condition variable. One job at a time: a second caller that finds the pool busy runs its job
- * alone on its own thread instead of waiting. */
+ * alone on its own thread instead of waiting.
+ *
+ * Workers join a job; they are not waited for. Tasks hand out work through an atomic counter, so the
+ * caller alone can finish a job. When it has, it closes the job and waits only for the workers that
+ * joined before that: on a loaded machine a worker the OS has not scheduled yet costs nothing (with a
+ * fork-join barrier every call would wait a scheduler time slice for it). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdatomic.h>
@@ -19,7 +24,10 @@ static pthread_cond_t wake_cond = PTHREAD_COND_INITIALIZER;
 static pthread_t workers[MAX_THREADS];
 static int n_threads = 1;             /* including the caller */
 static _Atomic unsigned generation;   /* bumped once per job */
-static _Atomic int pending;           /* workers still running the current job */
+/* the current job: bits 63..32 its generation, bit 31 closed, bits 30..0 workers inside it */
+static _Atomic uint64_t jstate;
+#define J_CLOSED ((uint64_t)1 << 31)
+#define J_COUNT ((uint64_t)0x7fffffff)
 static _Atomic int sleeping;          /* workers blocked on wake_cond */
 static _Atomic int quit;
 static pool_task job_fn;
@@ -56,10 +64,18 @@ static void *worker_main(void *p) {
                 pthread_mutex_unlock(&wake_lock);
             }
         }
-        seen = atomic_load(&generation);
+        seen = atomic_load_explicit(&generation, memory_order_acquire);
         if (atomic_load(&quit)) return NULL;
+        /* join the job unless it is already closed (or a newer one replaced it) */
+        uint64_t s = atomic_load_explicit(&jstate, memory_order_acquire);
+        int joined = 0;
+        while ((uint32_t)(s >> 32) == seen && !(s & J_CLOSED)) {
+            if (atomic_compare_exchange_weak_explicit(&jstate, &s, s + 1, memory_order_acq_rel,
+                                                      memory_order_acquire)) { joined = 1; break; }
+        }
+        if (!joined) continue;
         job_fn(job_arg, ith, n_threads);
-        atomic_fetch_sub_explicit(&pending, 1, memory_order_release);
+        atomic_fetch_sub_explicit(&jstate, 1, memory_order_release);
     }
 }
 
@@ -112,11 +128,13 @@ void pool_run(pool_task fn, void *arg, int max_threads) {
         return;
     }
     job_fn = fn; job_arg = arg;
-    atomic_store(&pending, n_threads - 1);
-    bump_and_wake();
+    const unsigned gen = atomic_load(&generation) + 1;
+    atomic_store_explicit(&jstate, (uint64_t)gen << 32, memory_order_release);
+    bump_and_wake();                  /* generation becomes gen */
     fn(arg, 0, n_threads);
+    atomic_fetch_or_explicit(&jstate, J_CLOSED, memory_order_acq_rel);
     int spins = 0;
-    while (atomic_load_explicit(&pending, memory_order_acquire) > 0)
+    while (atomic_load_explicit(&jstate, memory_order_acquire) & J_COUNT)
         if (++spins < 100000) cpu_relax(); else sched_yield();
     pthread_mutex_unlock(&use_lock);
 }

@@ -1,0 +1,157 @@
+"""The fast paths give the reference results: grouped-query attention as batched matmuls against
+torch's SDPA, the chunked multi-threaded batched linear against dequantize + matmul, the work split
+itself, prefill against token-by-token decode, and `cellar bench`'s figures."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import kernels, ops, split
+from engine.bench import run_bench
+from engine.quant import GGMLType, QTensor, dequantize_torch
+from engine.runtime import LoadOptions, Model
+from tests.ggufgen import raw_tensor, tiny_llama
+
+
+@pytest.mark.parametrize("n,n_kv,heads,heads_kv,d,scale", [
+    (5, 9, 9, 3, 64, 0.125), (1, 7, 4, 1, 256, 1.0), (16, 16, 8, 8, 32, 0.3), (3, 20, 6, 2, 16, 0.5),
+])
+def test_attend_matches_sdpa(n, n_kv, heads, heads_kv, d, scale):
+    g = torch.Generator().manual_seed(n * 100 + n_kv)
+    q = torch.randn(n, heads, d, generator=g)
+    K = torch.randn(n_kv, heads_kv, d, generator=g)
+    V = torch.randn(n_kv, heads_kv, d, generator=g)
+    ok = torch.rand(n, n_kv, generator=g) > 0.4
+    ok[:, 0] = True                                     # every query sees at least one cell
+    mask = torch.zeros(n, n_kv).masked_fill(~ok, float("-inf"))
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1), K.transpose(0, 1), V.transpose(0, 1),
+                                         attn_mask=mask, scale=scale, enable_gqa=heads != heads_kv)
+    ref = ref.transpose(0, 1).reshape(n, -1)
+    got = ops.attend(q, K, V, mask, scale)
+    assert got.shape == (n, heads * d)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attend_masked_cells_do_not_count():
+    q, K, V = torch.randn(1, 2, 8), torch.randn(4, 1, 8), torch.randn(4, 1, 8)
+    mask = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]])
+    V2 = V.clone()
+    V2[[1, 3]] = 1e6                                    # hidden cells: their values must not leak in
+    torch.testing.assert_close(ops.attend(q, K, V, mask, 1.0), ops.attend(q, K, V2, mask, 1.0))
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_linear_matches_dequantize_then_matmul(qtype, threads):
+    rng = np.random.default_rng(int(qtype) * 10 + threads)
+    rows, cols = 1000, 512                              # rows not a multiple of the chunk size
+    w = QTensor("w", qtype, (rows, cols), raw_tensor(qtype, (rows, cols), rng).data)
+    x = torch.from_numpy(rng.standard_normal((40, cols)).astype(np.float32))
+    ref = x @ dequantize_torch(w.data, qtype, (rows, cols)).T
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(threads)
+        got = ops.linear(x, w, ops.Scratch.for_weights([w]))
+    finally:
+        kernels.set_threads(before)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+
+
+def test_scratch_is_f32_without_a_bf16_matmul_unit(monkeypatch):
+    monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "fma", "f16c"})
+    assert ops.scratch_dtype() == torch.float32
+    monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
+    assert ops.scratch_dtype() == torch.bfloat16
+
+
+def test_split_runs_each_task_once_and_raises_a_task_error():
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(2)
+        hits = [0] * 50
+        lock = threading.Lock()
+
+        def task(i):
+            with lock:
+                hits[i] += 1
+
+        split.run([lambda i=i: task(i) for i in range(50)])
+        assert hits == [1] * 50
+
+        def bad():
+            raise ValueError("boom")
+        with pytest.raises(ValueError, match="boom"):
+            split.run([lambda: None, bad, lambda: None])
+        split.run([lambda i=i: task(i) for i in range(50)])   # still usable after an error
+        assert hits == [2] * 50
+    finally:
+        kernels.set_threads(before)
+
+
+def test_split_from_two_threads_at_once():
+    before = kernels.get_threads()
+    kernels.set_threads(2)
+    counts = {0: 0, 1: 0}
+    lock = threading.Lock()
+
+    def caller(k):
+        for _ in range(20):
+            def t(k=k):
+                with lock:
+                    counts[k] += 1
+            split.run([t] * 8)
+
+    try:
+        ts = [threading.Thread(target=caller, args=(k,)) for k in (0, 1)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=60)
+        assert counts == {0: 160, 1: 160}
+    finally:
+        kernels.set_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_q(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("speed") / "tiny.gguf", qtype=GGMLType.Q8_0, n_embd=128, n_ff=256,
+                      n_head=4, n_head_kv=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_f32(tmp_path_factory):
+    return tiny_llama(tmp_path_factory.mktemp("speed") / "tiny32.gguf", qtype=GGMLType.F32, n_embd=128, n_ff=256,
+                      n_head=4, n_head_kv=2)
+
+
+def test_prefill_logits_equal_decode_logits(tiny_f32):
+    """The batched path (dequantize + chunked matmul, attention over a ubatch) and the GEMV path
+    (one token at a time) compute the same model. F32 weights: the GEMV on quantized types rounds x
+    to 8 bits as llama.cpp does, which the dequantize + matmul path does not."""
+    ids = [1] + [5 + (i * 7) % 50 for i in range(23)]
+    m = Model.load(tiny_f32, LoadOptions(ctx=64, ubatch=32, threads=2, warmup=False))
+    try:
+        batched = m.eval(ids)
+        m.reset()
+        for t in ids:
+            one = m.eval([t])
+    finally:
+        m.close()
+    torch.testing.assert_close(batched, one, rtol=1e-4, atol=1e-4)
+    assert int(batched.argmax()) == int(one.argmax())
+
+
+@pytest.mark.parametrize("mode", ["mmap", "no-mmap", "mlock"])
+def test_bench_reports_the_contract_figures(tiny_q, mode):
+    out = run_bench(tiny_q, pp=16, tg=4, threads=2, ctx=64, mode=mode)
+    for key in ("load_s", "pp_tok_s", "tg_tok_s", "peak_rss_mib", "base_rss_mib", "threads"):
+        assert key in out, key
+    assert out["threads"] == 2 and out["mode"] == mode and out["pp"] == 16 and out["tg"] == 4
+    assert out["load_s"] > 0 and out["pp_tok_s"] > 0 and out["tg_tok_s"] > 0
+    assert out["peak_rss_mib"] >= out["base_rss_mib"] > 0
+    if mode == "mlock":
+        assert isinstance(out["mlock_locked"], bool)
