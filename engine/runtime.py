@@ -151,6 +151,9 @@ class Model:
         n_kv = {c.name: c.n_kv() for c in self.kv.caches}
         masks = {c.name: c.mask(pos, seq_id, n_kv[c.name]) for c in self.kv.caches}
         step = Step(ids, pos, seq_id, dict(zip(names, slots)), n_kv, masks)
+        # torch stays on one thread: the native kernels and ops' matmul split share the work between
+        # threads that join when scheduled, where an OpenMP team waits for all of its threads
+        torch.set_num_threads(1)
         with torch.inference_mode():
             logits = self.net.forward(step, self.kv, self.scratch)
         self._cached.setdefault(seq_id, []).extend(ids)

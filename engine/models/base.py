@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from engine.errors import BadModelFile
 from engine.kv_cache import KVCache, KVMemory
-from engine.ops import Scratch, as_f32, get_rows, linear
+from engine.ops import Scratch, as_f32, attend, get_rows, linear
 from engine.quant import QTensor
 
 Progress = Callable[[float, str], None]
@@ -72,6 +72,8 @@ class Rope:
         self.scale = np.float32(base) ** np.float32(-2.0 / n_rot)
         self.freq_scale = np.float32(freq_scale)
         self.cos, self.sin = self._table(np.arange(n_pos))
+        self._last_pos: np.ndarray | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor] = (self.cos[:0], self.sin[:0])
 
     def _table(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         theta = pos.astype(np.float32)
@@ -84,10 +86,15 @@ class Rope:
         return torch.from_numpy(np.cos(angles)), torch.from_numpy(np.sin(angles))
 
     def angles(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if pos is self._last_pos:             # every layer of a step rotates at the same positions
+            return self._last
         if len(pos) and 0 <= pos.min() and pos.max() < len(self.cos):
             idx = torch.from_numpy(pos)
-            return self.cos[idx], self.sin[idx]
-        return self._table(pos)
+            cs = self.cos[idx], self.sin[idx]
+        else:
+            cs = self._table(pos)
+        self._last_pos, self._last = pos, cs
+        return cs
 
     def __call__(self, x: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
         """x [n, heads, head_dim] rotated at positions pos [n]."""
@@ -119,16 +126,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
               scale: float) -> torch.Tensor:
     """Store this ubatch's k, v [n, heads_kv, dim] for layer il, then attend q [n, heads, dim] over the
     cache's cells in use (GQA: each K/V head serves n_head / n_head_kv query heads). -> [n, heads*dim_v]"""
-    n, n_head, _ = q.shape
+    n = q.shape[0]
     n_head_kv = k.shape[1]
     name = cache.name
     cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
     K, V = cache.read(il, step.n_kv[name])
-    K = K.view(-1, n_head_kv, cache.k_width // n_head_kv).transpose(0, 1)
-    V = V.view(-1, n_head_kv, cache.v_width // n_head_kv).transpose(0, 1)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), K, V, attn_mask=step.masks[name], scale=scale,
-                                         enable_gqa=n_head != n_head_kv)
-    return out.transpose(0, 1).reshape(n, -1)
+    return attend(q, K.view(-1, n_head_kv, cache.k_width // n_head_kv),
+                  V.view(-1, n_head_kv, cache.v_width // n_head_kv), step.masks[name], scale)
 
 
 class Transformer:
