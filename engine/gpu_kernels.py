@@ -3,6 +3,11 @@
 Weights stay in their block layout in VRAM; a matmul dequantizes the one weight it needs into a
 transient buffer (engine.quant.dequantize_torch runs on CUDA tensors) and multiplies in `dtype`
 (float32 by default, with TF32 off, so results track the CPU path to float32 rounding).
+
+Decode (few rows of x) quantizes x first, as the CPU GEMV (native/src/q32.c, qk.c) and llama.cpp's
+MMVQ do: blocks of 32 values (legacy types) or 256 (k-quants), d = max|x| / 127 in f32,
+q = round-half-even(x / d). The product then sees the same activations as the CPU's integer dot
+products; what is left is float32 rounding and summation order (measured: docs/offload.md).
 """
 from __future__ import annotations
 
@@ -13,20 +18,59 @@ import torch
 from engine.offload import LayerPack, SlotTensor, pack_layer
 from engine.quant import GGMLType, QTensor, as_uint8_tensor, dequantize_torch
 
+_Q8_BLOCK = {t: 32 for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)}
+_Q8_BLOCK.update({t: 256 for t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)})
+
+
+# Blocks in a CPU buffer (offload_device="cpu", the tests' stand-in for a GPU) are multiplied by the CPU
+# kernels, so a run there is bit-identical to a plain CPU run and any difference is a wiring bug. True runs
+# the torch kernels below there as well (what a CUDA device runs).
+TORCH_ON_CPU = False
+
 
 def is_on_gpu(w: Any) -> bool:
     data = getattr(w, "data", None)
     return isinstance(data, torch.Tensor) and data.is_cuda
 
 
+def runs_here(w: Any) -> bool:
+    """Whether ops.linear multiplies w with this module's torch kernels (blocks on a device)."""
+    return isinstance(w, SlotTensor) and (is_on_gpu(w) or TORCH_ON_CPU)
+
+
 def dequantize(w: SlotTensor | QTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return dequantize_torch(w.data, w.qtype, w.shape, dtype)
 
 
-def linear(x: torch.Tensor, w: SlotTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """x [..., cols] @ W[rows, cols]^T -> [..., rows], W's raw blocks on x's device."""
+def activation_block(qtype) -> int:
+    """Values per q8 activation block the CPU GEMV uses for a weight of qtype (0: x stays f32)."""
+    return _Q8_BLOCK.get(GGMLType(qtype), 0)
+
+
+def quantize_q8(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x f32 [..., cols] through q8 blocks of `block` values and back: d * q with d = max|x| / 127 and
+    q = round(x * (1/d)) (half to even, as lrintf), every step in f32 as the native quant_q8 does."""
+    xb = x.float().reshape(*x.shape[:-1], x.shape[-1] // block, block)
+    d = xb.abs().amax(-1, keepdim=True) / 127.0
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    return (torch.round(xb * inv) * d).reshape(x.shape)
+
+
+def linear(x: torch.Tensor, w: SlotTensor, dtype: torch.dtype = torch.float32, *, q8: bool = False) -> torch.Tensor:
+    """x [..., cols] @ W[rows, cols]^T -> [..., rows], W's raw blocks on x's device. q8: quantize x to
+    q8 blocks first (decode), as the CPU GEMV does for quantized weight types."""
     wd = dequantize(w, dtype)
+    block = activation_block(w.qtype) if q8 else 0
+    if block and x.shape[-1] % block == 0:
+        x = quantize_q8(x, block)
     return (x.to(dtype) @ wd.t()).to(x.dtype)
+
+
+def dense(w: SlotTensor | QTensor) -> torch.Tensor:
+    """A small weight (a norm vector) as an f32 tensor where its blocks are: a view for F32, else a copy."""
+    if GGMLType(w.qtype) == GGMLType.F32 and isinstance(w.data, torch.Tensor):
+        return w.data.view(torch.float32).reshape(w.shape)
+    return dequantize(w).reshape(w.shape)
 
 
 def embedding_rows(w: SlotTensor | QTensor, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

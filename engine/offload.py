@@ -81,6 +81,12 @@ class Placement:
         return []
 
 
+def placement_for(n_layers: int, gpu_layers: int, stream: bool | None = None) -> Placement:
+    """The placement of `--gpu-layers`: what the runtime builds (engine/offload_model.py) and what the
+    memory planner plans (engine/memory.py), from this one function."""
+    return Placement(int(n_layers), max(0, int(gpu_layers)), stream)
+
+
 # ---- a layer's tensors packed into one contiguous byte range ------------------------------------------
 @dataclass(frozen=True)
 class Segment:
@@ -128,6 +134,23 @@ class SlotTensor:
     qtype: GGMLType
     shape: tuple[int, ...]
     data: Any
+
+    @property
+    def rows(self) -> int:
+        return prod(self.shape[:-1])
+
+    @property
+    def cols(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def row_bytes(self) -> int:
+        from engine.quant import row_nbytes
+        return row_nbytes(self.qtype, self.cols)
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.row_bytes
 
 
 # ---- what the offload path allocates (the memory planner models it from these) ------------------------
