@@ -11,6 +11,14 @@ A watcher thread waits on the process sentinel, so a worker that dies on its own
 OOM kill) is reported within milliseconds as StateChanged(CRASHED) with the exit code and signal
 name, plus an Error(ENGINE_CRASHED) and a GenerationDone("error") for each reply it was writing.
 `restart()` starts a fresh worker, reloads the last model and restores the last saved session.
+
+A heartbeat thread pings the worker every `ping_interval` seconds (its reader thread answers even
+mid-reply). A worker that says nothing at all, no Pong, no telemetry, no token, for `hang_timeout`
+seconds, or no Hello within `hello_timeout` of its start, is hung: it is killed and reported like a
+crash, as "the engine stopped responding". With `memory_limit` the worker caps its own address space,
+so a model that does not fit fails its load with an out-of-memory error naming the size and the cap.
+With `auto_restart`, a request sent after a crash or hang starts a fresh worker (reloading the model)
+instead of being refused.
 """
 from __future__ import annotations
 
@@ -60,8 +68,15 @@ def describe_exit(code: int | None) -> tuple[str, str | None]:
 
 class EngineClient:
     def __init__(self, on_event: Callable[[object], None] | None = None, *, name: str = "cellar-engine",
-                 target: Callable | None = None):
+                 target: Callable | None = None, memory_limit: int | None = None, ping_interval: float = 2.0,
+                 hang_timeout: float = 45.0, hello_timeout: float = 60.0, auto_restart: bool = False):
         self.on_event = on_event
+        self.memory_limit = memory_limit        # RLIMIT_AS for the worker, bytes
+        self.ping_interval, self.hang_timeout, self.hello_timeout = ping_interval, hang_timeout, hello_timeout
+        self.auto_restart = auto_restart
+        self._last_heard = 0.0                  # monotonic time of the worker's last event
+        self._hello = False
+        self._hung: str | None = None           # why the current worker was declared hung
         self.target = target                    # the process main; engine.worker.main by default
         self.events: queue.Queue = queue.Queue()
         self.name = name
@@ -122,7 +137,9 @@ class EngineClient:
             self._in_flight.clear()
             self._set_state(S.STARTING)
             self._deliver(P.StateChanged(S.STARTING))
-            proc = self._ctx.Process(target=target, args=(child,), name=self.name, daemon=True)
+            kwargs = {"memory_limit": self.memory_limit} if self.memory_limit else {}
+            self._hello, self._hung, self._last_heard = False, None, time.monotonic()
+            proc = self._ctx.Process(target=target, args=(child,), kwargs=kwargs, name=self.name, daemon=True)
             with _main_not_rerun():
                 proc.start()
             child.close()
@@ -132,6 +149,9 @@ class EngineClient:
                                                  daemon=True)
             self._pump_thread.start()
             threading.Thread(target=self._watch, args=(epoch, proc), name="engine-watch", daemon=True).start()
+            if self.ping_interval and self.ping_interval > 0:
+                threading.Thread(target=self._heartbeat, args=(epoch, proc), name="engine-heartbeat",
+                                 daemon=True).start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the worker to shut down; terminate it if it does not within `timeout`."""
@@ -180,6 +200,8 @@ class EngineClient:
         """Send one request; raises CellarError(ENGINE_CRASHED) when no worker is running."""
         if not isinstance(request, P.REQUEST_TYPES):
             raise TypeError(f"not a protocol request: {type(request).__name__}")
+        if not self.alive and self.auto_restart and self._state is S.CRASHED and not isinstance(request, P.Shutdown):
+            self.restart(reload=not isinstance(request, (P.Load, P.Unload)))
         if not self.alive:
             raise CellarError(f"the engine is {self._state.value}; restart it first", P.ErrorKind.ENGINE_CRASHED)
         if isinstance(request, P.Load):
@@ -245,10 +267,52 @@ class EngineClient:
                 return
             if epoch != self._epoch:
                 return
+            self._last_heard = time.monotonic()
+            if isinstance(event, P.Pong):
+                continue                        # the heartbeat's answer: nothing for the app
+            if isinstance(event, P.Hello):
+                self._hello = True
             if isinstance(event, P.StateChanged) and event.state is S.STOPPED:
                 continue                        # the client reports stopped once the process has ended
             self._track(event)
             self._deliver(event)
+
+    def _heartbeat(self, epoch: int, proc) -> None:
+        """Ping the worker; declare it hung when it says nothing for hang_timeout (or no Hello in time)."""
+        seq = 0
+        started = time.monotonic()
+        while epoch == self._epoch and proc.is_alive():
+            time.sleep(self.ping_interval)
+            if epoch != self._epoch or not proc.is_alive():
+                return
+            now = time.monotonic()
+            if not self._hello:
+                if now - started > self.hello_timeout:
+                    self._declare_hung(epoch, proc, f"did not start: no answer within {self.hello_timeout:g} s")
+                    return
+                continue
+            if now - self._last_heard > self.hang_timeout:
+                self._declare_hung(epoch, proc, f"stopped responding (no answer for {now - self._last_heard:.0f} s)")
+                return
+            seq += 1
+            if not self._send_lock.acquire(timeout=0.2):
+                continue                        # a send is stuck on a full pipe: the clock keeps running
+            try:
+                self._conn.send(P.Ping(seq))
+            except (OSError, ValueError, AttributeError):
+                return                          # the pipe is gone: the watcher reports the exit
+            finally:
+                self._send_lock.release()
+
+    def _declare_hung(self, epoch: int, proc, why: str) -> None:
+        with self._lock:
+            if epoch != self._epoch or self._stopping:
+                return
+            self._hung = why
+        try:
+            proc.kill()                         # SIGKILL works on a stopped or deadlocked process too
+        except (OSError, AttributeError):
+            pass
 
     def _watch(self, epoch: int, proc) -> None:
         mp_wait([proc.sentinel])
@@ -262,6 +326,8 @@ class EngineClient:
         proc.join(1)
         code = proc.exitcode
         detail, sig = describe_exit(code)
+        if self._hung:
+            detail = f"{self._hung} and was stopped"
         self.last_exit = (code, sig)
         pump = self._pump_thread
         if pump is not None and pump is not threading.current_thread():

@@ -13,7 +13,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2                            # 2: Ping/Pong heartbeat
 
 
 class ErrorKind(str, enum.Enum):
@@ -118,9 +118,17 @@ class Shutdown:
     pass
 
 
-Request = Load | Unload | Generate | Cancel | SaveSession | RestoreSession | ApplySettings | Snapshot | Shutdown
+@dataclass
+class Ping:
+    """Heartbeat: the worker's reader thread answers Pong at once, even mid-reply. The client sends one
+    every few seconds and reports the engine as hung when nothing comes back for a while."""
+    seq: int = 0
+
+
+Request = (Load | Unload | Generate | Cancel | SaveSession | RestoreSession | ApplySettings | Snapshot | Shutdown
+           | Ping)
 REQUEST_TYPES = (Load, Unload, Generate, Cancel, SaveSession, RestoreSession, ApplySettings, Snapshot,
-                 Shutdown)
+                 Shutdown, Ping)
 
 
 # ---------------------------------------------------------------- events (engine -> app)
@@ -223,6 +231,11 @@ class KVSnapshot:
 
 
 @dataclass
+class Pong:
+    seq: int = 0
+
+
+@dataclass
 class Error:
     kind: ErrorKind
     message: str                                # one line: what is wrong and what to do
@@ -230,9 +243,9 @@ class Error:
 
 
 Event = (Hello | StateChanged | LoadProgress | ModelLoaded | MemoryPlanEvent | Token | GenerationDone
-         | SessionSaved | SessionRestored | Telemetry | KVSnapshot | Error)
+         | SessionSaved | SessionRestored | Telemetry | KVSnapshot | Error | Pong)
 EVENT_TYPES = (Hello, StateChanged, LoadProgress, ModelLoaded, MemoryPlanEvent, Token, GenerationDone,
-               SessionSaved, SessionRestored, Telemetry, KVSnapshot, Error)
+               SessionSaved, SessionRestored, Telemetry, KVSnapshot, Error, Pong)
 
 
 def to_dict(msg) -> dict[str, Any]:

@@ -85,6 +85,9 @@ class Worker:
             if not isinstance(req, P.REQUEST_TYPES):
                 self.send(P.Error(P.ErrorKind.BAD_INPUT, f"not a request: {type(req).__name__}"))
                 continue
+            if isinstance(req, P.Ping):
+                self.send(P.Pong(req.seq))      # answered here, so a busy main thread still answers
+                continue
             if isinstance(req, P.Cancel):
                 self._on_cancel(req.request_id)
                 continue
@@ -162,10 +165,21 @@ class Worker:
                 self.send(P.MemoryPlanEvent(plan))
             self._send_kv()
         except Exception as e:                  # every failure becomes an Error event
+            from engine.oom import is_out_of_memory, loading_error
+            if is_out_of_memory(e):
+                self._close_half_loaded()
+                e = loading_error(e, req.path)
             self._fail(e, f"loading {os.path.basename(req.path)}")
         finally:
             self.cancel.clear()
             self.set_state(S.IDLE)
+
+    def _close_half_loaded(self) -> None:
+        """After a load ran out of memory: drop what it held so the worker can answer again."""
+        import gc
+        if self.model is not None:
+            self._close_model()
+        gc.collect()
 
     def _progress(self, fraction: float, message: str = "") -> None:
         """Load progress, at most every 1 % or 50 ms (a runtime may call this per tensor)."""
@@ -292,8 +306,20 @@ def kv_cells(snap: dict, model) -> tuple[int, int]:
     return len(model.cached_tokens(0)), int(getattr(model, "n_ctx", 0))
 
 
-def main(conn) -> None:
-    """Process target."""
+def limit_memory(nbytes: int) -> None:
+    """Cap this process's address space (RLIMIT_AS): allocations past it fail, and are reported as
+    out of memory, instead of the system's OOM killer taking the process."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        nbytes = min(nbytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (nbytes, hard))
+
+
+def main(conn, memory_limit: int | None = None) -> None:
+    """Process target. memory_limit: bytes of address space the engine may use (None: no cap)."""
+    if memory_limit:
+        limit_memory(memory_limit)
     faulthandler.enable()                       # a segfault leaves a Python traceback on stderr
     setup_logging()
     log.info("engine process %d started", os.getpid())

@@ -1,0 +1,90 @@
+"""Running out of memory, said plainly: which failures are really "out of memory", and what the limit was.
+
+An allocation can fail in many voices: MemoryError from Python or numpy, torch's "DefaultCPUAllocator:
+can't allocate memory", ENOMEM from mmap of the model file, a shared library that cannot be mapped.
+Under a cap (RLIMIT_AS, or a cgroup's memory limit) these all mean the same thing, and a person needs
+to hear the model's size and the cap, not a traceback.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from pathlib import Path
+
+from engine.errors import OutOfMemory
+
+_PHRASES = ("can't allocate memory", "cannot allocate memory", "not enough memory", "out of memory",
+            "failed to map segment", "std::bad_alloc", "defaultcpuallocator")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, OutOfMemory):
+        return True
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, (RuntimeError, OSError, ImportError, ValueError)) and any(p in text for p in _PHRASES)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def address_space_cap() -> int | None:
+    """RLIMIT_AS of this process in bytes, or None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def cgroup_memory_cap(pid: int | str = "self") -> int | None:
+    """The memory limit of the process's cgroup (v2 memory.max or v1 memory.limit_in_bytes), None if none."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            f = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"
+        elif "memory" in controllers.split(","):
+            f = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"
+        else:
+            continue
+        try:
+            v = f.read_text().strip()
+        except OSError:
+            continue
+        if v.isdigit() and int(v) < 1 << 60:
+            return int(v)
+    return None
+
+
+def limit_text() -> str:
+    """What bounds this process's memory, in words."""
+    parts = []
+    cap = address_space_cap()
+    if cap is not None:
+        parts.append(f"the engine is capped at {_mib(cap)} of address space (RLIMIT_AS)")
+    cg = cgroup_memory_cap()
+    if cg is not None:
+        parts.append(f"its cgroup allows {_mib(cg)}")
+    try:
+        import psutil
+        parts.append(f"{_mib(psutil.virtual_memory().available)} of RAM is available")
+    except Exception:
+        pass
+    return ", ".join(parts) or "the system refused the memory"
+
+
+def loading_error(exc: BaseException, path) -> OutOfMemory:
+    """The one-line OutOfMemory for a load that ran out of memory: the model's size and the cap."""
+    p = Path(path)
+    try:
+        size = _mib(os.path.getsize(p))
+    except OSError:
+        size = "unknown size"
+    return OutOfMemory(f"out of memory loading {p.name} ({size}): {limit_text()}; try a smaller --ctx, "
+                       f"a smaller model, or close other programs")
