@@ -119,8 +119,30 @@ def _check_f32_rows(t: torch.Tensor, what: str, cols: int) -> None:
 
 
 # ---- public kernels ---------------------------------------------------------------------------
+def _native_args(w: QTensor) -> tuple[int, int, int, int, int]:
+    """(type, address, row_bytes, rows, cols) of w, checked once and then kept on the weight: decode
+    calls the GEMV ~200 times a token, and the checks cost more than a small GEMV."""
+    key = (id(w.data), w.qtype, w.shape)
+    got = w.__dict__.get("_native_args")
+    if got is None or got[0] != key:
+        _check_type(w)
+        got = (key, (int(w.qtype), _weight_address(w), w.row_bytes, w.rows, w.cols), w.data)
+        w.__dict__["_native_args"] = got
+    return got[1]
+
+
 def gemv(w: QTensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """out = x @ W.T for x f32 [cols] or [n, cols] (small n); out f32 [rows] or [n, rows]."""
+    if (_lib is not None and out is None and x.dtype == torch.float32 and x.device.type == "cpu"
+            and x.is_contiguous() and 0 < x.dim() <= 2):
+        qtype, addr, row_bytes, rows, cols = _native_args(w)
+        if x.shape[-1] == cols:              # the fast path: everything below already checked
+            n = 1 if x.dim() == 1 else x.shape[0]
+            out = torch.empty((rows,) if x.dim() == 1 else (n, rows), dtype=torch.float32)
+            if n and _lib.cellar_gemv(qtype, addr, row_bytes, rows, cols, x.data_ptr(), n, cols,
+                                      out.data_ptr(), rows) != 0:
+                raise RuntimeError(f"{w.name}: native gemv failed")
+            return out
     _check_type(w)
     rows, cols = w.rows, w.cols
     _check_f32_rows(x, "x", cols)
