@@ -213,8 +213,9 @@ class KVCache:
             idx = torch.from_numpy(cells)
             delta = torch.from_numpy(self.shift[cells])
             for il in self.layers:
-                k = self._load(self.k[il].index_select(0, idx), self.k_width)
-                self.k[il].index_copy_(0, idx, self._store(rope_shift(il, k, delta)))
+                at = idx.to(self.k[il].device)          # offload: a resident layer's rows are on the GPU
+                k = self._load(self.k[il].index_select(0, at), self.k_width)
+                self.k[il].index_copy_(0, at, self._store(rope_shift(il, k, delta)))
         self.shift[:] = 0
         self.has_shift = False
 

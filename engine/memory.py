@@ -17,6 +17,7 @@ from typing import Any
 from engine.errors import BadModelFile, BadRequest
 from engine.model_checks import MAX_LAYERS
 from engine.model_info import Hparams, hparams, layer_of, model_summary
+from engine.offload import placement_for
 
 MiB = 1 << 20
 KV_TYPES = {"f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}     # (values per block, bytes per block)
@@ -246,10 +247,10 @@ class _Model:
 def _plan_at(m: _Model, s: Settings, have_gpu: bool) -> MemoryPlan:
     from engine.memory_model import cpu_compute, full_context_extra, gpu_plan
     g, h, layers, output, other = m.g, m.h, m.layers, m.output, m.other
-    n_gpu = min(s.gpu_layers, h.n_layer)
-    first_gpu = h.n_layer - n_gpu
+    placement = placement_for(h.n_layer, s.gpu_layers)           # the runtime's placement, not a copy
+    n_gpu = placement.n_gpu
     ram, vram = Place(), Place()
-    rows = [LayerRow(il, "vram" if il >= first_gpu else "ram", sum(n for n, _ in layers[il].values()),
+    rows = [LayerRow(il, "vram" if placement.on_gpu(il) else "ram", sum(n for n, _ in layers[il].values()),
                      kv_layer_bytes(h, il, s), kv_cells(h, il, s), h.swa_layers[il]) for il in range(h.n_layer)]
     notes: list[str] = []
 

@@ -80,8 +80,8 @@ def full_context_extra(h: Hparams, s) -> int:
 def gpu_plan(g, h: Hparams, s, layers, output, rows, ram, vram) -> None:
     """VRAM items of `--gpu-layers` (offload.plan_vram), and the host memory the GPU path adds."""
     from engine.memory import CUDA_HOST_RSS
-    from engine.offload import Placement, plan_vram
-    placement = Placement(h.n_layer, s.gpu_layers)
+    from engine.offload import placement_for, plan_vram
+    placement = placement_for(h.n_layer, s.gpu_layers)
     v = plan_vram(layers, output, placement, kv_bytes_per_layer=[r.kv for r in rows], ubatch=s.n_ubatch,
                   activation_floats_per_token=activation_floats_per_token(h))
     n = placement.n_gpu

@@ -25,6 +25,7 @@ from engine.gguf import GGUFFile
 from engine.kv_cache import KV_TYPES, KVMemory
 from engine.models import model_class
 from engine.models.base import Step
+from engine.offload_model import attach
 from engine.ops import Scratch
 from engine.tokenizer import load_tokenizer
 
@@ -42,6 +43,8 @@ class LoadOptions:
     gpu_layers: int = 0
     kv_type: str = "f16"
     warmup: bool = True
+    offload_device: str = "cuda"      # "cpu": the offload path with the CPU as the device (tests)
+    offload_stream: bool | None = None    # stream host layers for prefill (None: when gpu_layers > 0)
 
 
 @dataclass
@@ -70,6 +73,9 @@ def _check_options(opts: LoadOptions) -> None:
                          f"batch={opts.batch}, ubatch={opts.ubatch})")
     if opts.threads is not None and opts.threads < 1:
         raise BadRequest(f"threads must be 1 or more (got {opts.threads})")
+    if opts.gpu_layers < 0 or opts.offload_device not in ("cuda", "cpu"):
+        raise BadRequest(f"gpu layers must be 0 or more on device cuda or cpu (got {opts.gpu_layers} on "
+                         f"{opts.offload_device!r})")
 
 
 class Model:
@@ -86,6 +92,7 @@ class Model:
         report(0.75, "allocating the KV cache")
         self.kv: KVMemory = self.net.make_kv(self.n_ctx, self.n_ubatch, opts.kv_type)
         self.scratch = Scratch.for_weights(self.net.matrices())
+        self.offload, self.warnings = attach(self.net, self.kv, opts)
         self._cached: dict[int, list[int]] = {}
         self._n_keep: dict[int, int] = {}
         if opts.warmup:
@@ -135,6 +142,9 @@ class Model:
         return {"weights": self.gguf.data_nbytes, "kv": self.kv.nbytes, "compute": self.scratch.nbytes}
 
     def close(self) -> None:
+        if self.offload is not None:
+            self.offload.close()
+            self.offload = None
         self.kv = None
         self.net = None
         self.gguf.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -99,6 +99,8 @@ class Rope:
     def __call__(self, x: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
         """x [n, heads, head_dim] rotated at positions pos [n]."""
         cos, sin = self.angles(pos)
+        if cos.device != x.device:            # a layer on the GPU (offload)
+            cos, sin = cos.to(x.device), sin.to(x.device)
         cos, sin = cos[:, None, :], sin[:, None, :]
         r, rest = x[..., : self.n_rot], x[..., self.n_rot:]
         if self.neox:
@@ -120,6 +122,7 @@ class Step:
     slots: dict[str, np.ndarray]
     n_kv: dict[str, int]
     masks: dict[str, torch.Tensor]
+    placed: Any = None                # engine.offload_runtime.OffloadStep while layers run offloaded
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, il: int, step: Step,
@@ -129,10 +132,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
     n = q.shape[0]
     n_head_kv = k.shape[1]
     name = cache.name
-    cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
-    K, V = cache.read(il, step.n_kv[name])
+    mask = step.masks[name]
+    if step.placed is None:
+        cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
+        K, V = cache.read(il, step.n_kv[name])
+    else:                                     # offload: K/V where layer il's cache lives, mask on q's device
+        K, V = step.placed.kv(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1), step.n_kv[name])
+        mask = step.placed.on(mask, q.device)
     return attend(q, K.view(-1, n_head_kv, cache.k_width // n_head_kv),
-                  V.view(-1, n_head_kv, cache.v_width // n_head_kv), step.masks[name], scale)
+                  V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale)
 
 
 class Transformer:
@@ -141,6 +149,7 @@ class Transformer:
 
     arch = ""
     norm_names: tuple[str, ...] = ()          # per-layer F32 vectors turned into torch tensors
+    offload = None                            # engine.offload_runtime.Offload, set by offload_model.attach
 
     def __init__(self, g, progress: Progress | None = None):
         self.g = g
@@ -205,16 +214,28 @@ class Transformer:
     def embed(self, ids: list[int]) -> torch.Tensor:
         return get_rows(self.tok_embd, ids)
 
-    def block(self, il: int, x: torch.Tensor, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
+    def block(self, il: int, x: torch.Tensor, w: dict, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
+        """Layer il on x with its weights w (where the layer runs: self.layers[il] on the CPU)."""
         raise NotImplementedError
+
+    def place_step(self, step: Step):
+        """Where each layer of this step runs and with which weights (an OffloadStep, or all on the CPU)."""
+        from engine.offload_runtime import HostStep
+        if self.offload is None:
+            return HostStep(self.layers, {"output": self.output, "output_norm": self.output_norm})
+        step.placed = self.offload.step(len(step.ids))
+        return step.placed
 
     def forward(self, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
         """Run one ubatch through every layer; f32 logits [n_vocab] of its last token."""
         x = self.embed(step.ids)
-        for il in range(self.hp.n_layer):
-            x = self.block(il, x, step, kv, scratch)
-        x = rms_norm(x[-1:], self.output_norm, self.hp.eps)
-        return self.logits(linear(x, self.output)[0])
+        with self.place_step(step) as st:
+            for il in range(self.hp.n_layer):
+                x = self.block(il, st.to_layer(il, x), st.weights(il), step, kv, scratch)
+                st.done(il)
+            x, out = x.to(st.output_device), st.output_weights
+            x = rms_norm(x[-1:], out["output_norm"], self.hp.eps)
+            return self.logits(linear(x, out["output"])[0]).cpu()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -69,8 +69,8 @@ class Gemma3(Transformer):
     def embed(self, ids):
         return get_rows(self.tok_embd, ids) * math.sqrt(self.hp.n_embd)
 
-    def block(self, il: int, x, step: Step, kv: KVMemory, scratch: Scratch):
-        hp, w, n = self.hp, self.layers[il], len(step.ids)
+    def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch):
+        hp, n = self.hp, len(step.ids)
         rope = self.rope_of(il)
         h = rms_norm(x, w["attn_norm"], hp.eps)
         q = linear(h, w["attn_q"], scratch).view(n, hp.n_head, hp.head_dim)

@@ -48,8 +48,8 @@ class Llama(Transformer):
                 "attn_output": (e, hp.n_head * hp.head_dim_v), "ffn_norm": (e,), "ffn_gate": (hp.n_ff, e),
                 "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
 
-    def block(self, il: int, x, step: Step, kv: KVMemory, scratch: Scratch):
-        hp, w, n = self.hp, self.layers[il], len(step.ids)
+    def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch):
+        hp, n = self.hp, len(step.ids)
         rope = self.rope_of(il)
         h = rms_norm(x, w["attn_norm"], hp.eps)
         q = linear(h, w["attn_q"], scratch).view(n, hp.n_head, hp.head_dim)
