@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=_positive("--ctx"), default=None, help="context (default: pp + tg, at least 2048)")
     p.add_argument("--mode", choices=["mmap", "no-mmap", "mlock"], default="mmap")
     p.add_argument("--kv-type", choices=["f16", "bf16", "q8_0"], default="f16")
+    p.add_argument("--gpu-layers", type=_gpu_layers, default=0, help="layers on the GPU (number or auto)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("tokenize", help="token ids of a text (special-token text parsed)")

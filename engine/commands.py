@@ -27,11 +27,6 @@ def cmd_pull(args) -> int:
 
 def _load_options(args):
     from engine.runtime import LoadOptions
-    if args.gpu_layers not in (0, "auto"):
-        import torch
-        if not torch.cuda.is_available():
-            raise BadRequest(f"--gpu-layers {args.gpu_layers} needs an NVIDIA GPU with CUDA, and none was "
-                             "found; leave it out to run on the CPU")
     return LoadOptions(ctx=args.ctx, batch=args.batch, ubatch=min(args.batch, 512), threads=args.threads,
                        mmap=not args.no_mmap, mlock=args.mlock,
                        gpu_layers=0 if args.gpu_layers == "auto" else args.gpu_layers, kv_type=args.kv_type)
@@ -49,6 +44,8 @@ def _load_model(args, quiet: bool):
     path = resolve_model(args.model)
     opts = _load_options(args)
     model = Model.load(path, opts)
+    for w in getattr(model, "warnings", ()):     # --gpu-layers without CUDA: said even with --json
+        _err(f"warning: {w}")
     rep = getattr(model.gguf, "mlock_report", None)
     if rep is not None and not getattr(rep, "locked", True) and not quiet:
         _err(f"warning: {rep.message}")
@@ -145,7 +142,8 @@ def cmd_inspect(args) -> int:
 def cmd_bench(args) -> int:
     from engine.bench import run_bench
     out = run_bench(resolve_model(args.model), pp=args.pp, tg=args.tg, threads=args.threads,
-                    ctx=args.ctx, mode=args.mode, kv_type=args.kv_type)
+                    ctx=args.ctx, mode=args.mode, kv_type=args.kv_type,
+                    gpu_layers=0 if args.gpu_layers == "auto" else args.gpu_layers, warn=_err)
     if args.json:
         print(json.dumps(out))
     else:

@@ -37,6 +37,7 @@ def load(req: P.Load, progress):
 def loaded_event(model, req: P.Load) -> P.ModelLoaded:
     rep = getattr(model.gguf, "mlock_report", None)
     warning = rep.message if rep is not None and not getattr(rep, "locked", True) else ""
+    warning = "; ".join([warning] * bool(warning) + list(getattr(model, "warnings", ())))
     return P.ModelLoaded(path=str(req.path), arch=str(model.arch), n_ctx=int(model.n_ctx),
                          n_vocab=int(model.tokenizer.n_vocab), load_s=round(model._cellar_load_s, 4),
                          options=asdict(req), warning=warning or "")
