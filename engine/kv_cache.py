@@ -3,6 +3,7 @@
     kv = KVMemory([KVCache("global", [5, 11], n_cells=4096, k_width=256, v_width=256),
                    KVCache("swa", [0, 1, 2, 3, 4, ...], n_cells=1024, ..., swa_window=512)])
     slots = kv.find_slot(pos, seq_id)         # per cache: cells for a ubatch (None when full)
+    slots = kv.find_slot(pos, seq_ids)        # a mixed ubatch: seq_ids[i] is token i's sequence
     kv.cache_of(il).write(il, slots[ci], k, v); k, v = cache.read(il, n_kv); mask = cache.mask(...)
     kv.seq_rm(0, 100, -1); kv.seq_add(0, 50, 100, -25); kv.apply_shift(rope_shift)
 
@@ -55,6 +56,16 @@ def _bit(seq_id: int) -> int:
     if not 0 <= seq_id <= MAX_SEQ - 1:
         raise ValueError(f"sequence id {seq_id} out of range 0..{MAX_SEQ - 1}")
     return 1 << seq_id
+
+
+def _bits(seq_id) -> int | np.ndarray:
+    """The mask bit of one sequence id (int), or of each token's sequence (int64 array)."""
+    if isinstance(seq_id, (int, np.integer)):
+        return _bit(int(seq_id))
+    ids = np.asarray(seq_id, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() > MAX_SEQ - 1):
+        raise ValueError(f"sequence ids {ids.min()}..{ids.max()} out of range 0..{MAX_SEQ - 1}")
+    return np.left_shift(np.int64(1), ids)
 
 
 class KVCache:
@@ -149,9 +160,10 @@ class KVCache:
         self._free(m & (self.pos < 0))
 
     # ---- a ubatch --------------------------------------------------------------------------------
-    def find_slot(self, pos: np.ndarray, seq_id: int) -> np.ndarray | None:
-        """Cells for len(pos) new tokens of seq_id: empty ones, and in a sliding-window cache ones that
-        left the window of their sequence's next position. Searched from `head`; None when full."""
+    def find_slot(self, pos: np.ndarray, seq_id) -> np.ndarray | None:
+        """Cells for len(pos) new tokens (of seq_id, or of seq_id[i] each): empty ones, and in a
+        sliding-window cache ones that left the window of their sequence's next position (as it is
+        before this ubatch, so no query of it can see them). Searched from `head`; None when full."""
         n = len(pos)
         ok = self.seq == 0
         if self.swa_window > 0:
@@ -166,21 +178,45 @@ class KVCache:
             return None
         return cand
 
-    def apply(self, slots: np.ndarray, pos: np.ndarray, seq_id: int) -> None:
-        """Claim `slots` for the tokens at `pos` of seq_id."""
+    def apply(self, slots: np.ndarray, pos: np.ndarray, seq_id) -> None:
+        """Claim `slots` for the tokens at `pos` of seq_id (one id, or one per token)."""
         self.pos[slots] = pos
-        self.seq[slots] = _bit(seq_id)
+        self.seq[slots] = _bits(seq_id)
         self.shift[slots] = 0
         self.head = (int(slots[-1]) + 1) % self.n_cells
 
-    def mask(self, pos: np.ndarray, seq_id: int, n_kv: int) -> torch.Tensor:
-        """f32 [len(pos), n_kv]: 0 where a query may see a cell (same sequence, not in its future,
-        inside the window on a sliding cache), -inf elsewhere."""
+    def mask(self, pos: np.ndarray, seq_id, n_kv: int) -> torch.Tensor:
+        """f32 [len(pos), n_kv]: 0 where a query may see a cell (its own sequence, not in its future,
+        inside the window on a sliding cache), -inf elsewhere. seq_id: one id, or one per query."""
         cp, cs = self.pos[:n_kv], self.seq[:n_kv]
         q = pos[:, None]
-        ok = ((cs & _bit(seq_id)) != 0)[None, :] & (cp[None, :] <= q)
+        if isinstance(seq_id, (int, np.integer)):
+            own = ((cs & _bit(int(seq_id))) != 0)[None, :]
+        else:
+            own = (cs[None, :] & _bits(seq_id)[:, None]) != 0
+        ok = own & (cp[None, :] <= q)
         if self.swa_window > 0:
             ok &= (q - cp[None, :]) < self.swa_window
+        m = torch.zeros(ok.shape, dtype=torch.float32)
+        m.masked_fill_(torch.from_numpy(~ok), float("-inf"))
+        return m
+
+    def seq_cells(self, seq_id: int, q_pos_min: int) -> np.ndarray:
+        """seq_id's cells that a query at q_pos_min or later may see (on a sliding cache, those inside
+        its window), in position order: the same list whatever other sequences hold, so a sequence
+        attended over it alone gets the same numbers in any batch."""
+        m = (self.seq & _bit(seq_id)) != 0
+        if self.swa_window > 0:
+            m &= self.pos > q_pos_min - self.swa_window
+        cells = np.flatnonzero(m)
+        return cells[np.argsort(self.pos[cells], kind="stable")]
+
+    def mask_cells(self, pos: np.ndarray, cells: np.ndarray) -> torch.Tensor:
+        """f32 [len(pos), len(cells)] over one sequence's cells: causal, and the window on a sliding cache."""
+        cp, q = self.pos[cells][None, :], pos[:, None]
+        ok = cp <= q
+        if self.swa_window > 0:
+            ok &= (q - cp) < self.swa_window
         m = torch.zeros(ok.shape, dtype=torch.float32)
         m.masked_fill_(torch.from_numpy(~ok), float("-inf"))
         return m
@@ -203,6 +239,11 @@ class KVCache:
     def read(self, il: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of cells [0, n_kv) as f32."""
         return self._load(self.k[il][:n_kv], self.k_width), self._load(self.v[il][:n_kv], self.v_width)
+
+    def read_cells(self, il: int, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of the given cells (int64 indices), in that order, as f32."""
+        return (self._load(self.k[il].index_select(0, cells), self.k_width),
+                self._load(self.v[il].index_select(0, cells), self.v_width))
 
     def apply_shift(self, rope_shift: RopeShift) -> None:
         """Re-rotate K of every cell that seq_add moved, by the distance it moved."""
@@ -275,8 +316,9 @@ class KVMemory:
     def seq_pos_max(self, seq_id: int) -> int:
         return max((c.seq_pos_max(seq_id) for c in self.caches), default=-1)
 
-    def find_slot(self, pos: np.ndarray, seq_id: int) -> list[np.ndarray] | None:
-        """Cells in every cache for a ubatch, claimed; None (nothing claimed) when a cache is full."""
+    def find_slot(self, pos: np.ndarray, seq_id) -> list[np.ndarray] | None:
+        """Cells in every cache for a ubatch (of one sequence, or seq_id[i] per token), claimed; None
+        (nothing claimed) when a cache is full."""
         slots = [c.find_slot(pos, seq_id) for c in self.caches]
         if any(s is None for s in slots):
             return None

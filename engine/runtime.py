@@ -22,7 +22,7 @@ import torch
 from engine import kernels
 from engine.errors import BadRequest, Cancelled
 from engine.gguf import GGUFFile
-from engine.kv_cache import KV_TYPES, KVMemory
+from engine.kv_cache import KV_TYPES, MAX_SEQ, KVMemory
 from engine.models import model_class
 from engine.models.base import Step
 from engine.offload_model import attach
@@ -45,6 +45,7 @@ class LoadOptions:
     warmup: bool = True
     offload_device: str = "cuda"      # "cpu": the offload path with the CPU as the device (tests)
     offload_stream: bool | None = None    # stream host layers for prefill (None: when gpu_layers > 0)
+    n_seq: int = 1                    # sequences decoded together (server slots): sizes the SWA cache
 
 
 @dataclass
@@ -71,6 +72,8 @@ def _check_options(opts: LoadOptions) -> None:
     if opts.ctx < 0 or opts.ubatch < 1 or opts.batch < 1:
         raise BadRequest(f"ctx must be 0 or more and batch/ubatch 1 or more (got ctx={opts.ctx}, "
                          f"batch={opts.batch}, ubatch={opts.ubatch})")
+    if not 1 <= opts.n_seq <= MAX_SEQ - 1:
+        raise BadRequest(f"{opts.n_seq} parallel sequences asked; choose 1 to {MAX_SEQ - 1}")
     if opts.threads is not None and opts.threads < 1:
         raise BadRequest(f"threads must be 1 or more (got {opts.threads})")
     if opts.gpu_layers < 0 or opts.offload_device not in ("cuda", "cpu"):
@@ -90,7 +93,7 @@ class Model:
         self.n_ctx = opts.ctx if opts.ctx > 0 else hp.n_ctx_train
         self.n_ubatch = max(1, min(opts.ubatch, opts.batch, self.n_ctx))
         report(0.75, "allocating the KV cache")
-        self.kv: KVMemory = self.net.make_kv(self.n_ctx, self.n_ubatch, opts.kv_type)
+        self.kv: KVMemory = self.net.make_kv(self.n_ctx, self.n_ubatch, opts.kv_type, opts.n_seq)
         self.scratch = Scratch.for_weights(self.net.matrices())
         self.offload, self.warnings = attach(self.net, self.kv, opts)
         self._cached: dict[int, list[int]] = {}
@@ -167,6 +170,59 @@ class Model:
         with torch.inference_mode():
             logits = self.net.forward(step, self.kv, self.scratch)
         self._cached.setdefault(seq_id, []).extend(ids)
+        return logits
+
+    def eval_batch(self, batch: Sequence[tuple[int, Sequence[int]]]) -> torch.Tensor:
+        """One forward step over tokens of several sequences. batch = [(seq_id, ids), ...] with distinct
+        seq ids; each sequence's ids go after what it holds. -> f32 logits [len(batch), n_vocab], row i
+        for batch[i]'s last token. Each sequence attends over its own cells only, in position order
+        (causal, and within the window on sliding-window caches), so its numbers do not depend on what
+        else the cache holds or on the batch it runs in. Raises ContextFull, with nothing claimed, when a
+        cache has no room for the whole step."""
+        if not batch:
+            raise BadRequest("nothing to evaluate: the batch is empty")
+        seqs = [int(s) for s, _ in batch]
+        if len(set(seqs)) != len(seqs):
+            raise BadRequest(f"a batch names a sequence twice ({seqs}); give each sequence once")
+        ids: list[int] = []
+        pos: list[np.ndarray] = []
+        seq: list[np.ndarray] = []
+        out_rows: list[int] = []
+        for s, toks in batch:
+            toks = [int(t) for t in toks]
+            if not toks:
+                raise BadRequest(f"sequence {s} has no tokens in the batch; give at least one")
+            self._check_tokens(toks)
+            n_past = len(self._cached.get(s, []))
+            if n_past + len(toks) > self.n_ctx:
+                raise BadRequest(f"sequence {s}: {len(toks)} tokens do not fit in the context of {self.n_ctx} "
+                                 f"after {n_past} cached ones; raise --ctx")
+            ids += toks
+            pos.append(np.arange(n_past, n_past + len(toks), dtype=np.int64))
+            seq.append(np.full(len(toks), int(s), dtype=np.int64))
+            out_rows.append(len(ids) - 1)
+        if len(ids) > self.n_ubatch:
+            raise BadRequest(f"a batch of {len(ids)} tokens is larger than the ubatch of {self.n_ubatch}; "
+                             "split it")
+        p, sq = np.concatenate(pos), np.concatenate(seq)
+        slots = self.kv.find_slot(p, sq)
+        if slots is None:
+            raise ContextFull
+        self.kv.apply_shift(self.net.rope_shift)
+        names = [c.name for c in self.kv.caches]
+        groups: dict[str, list] = {name: [] for name in names}
+        row = 0
+        for (s, toks), pp in zip(batch, pos):
+            for c in self.kv.caches:
+                cells = c.seq_cells(int(s), int(pp[0]))
+                groups[c.name].append((row, row + len(pp), torch.from_numpy(cells), c.mask_cells(pp, cells)))
+            row += len(pp)
+        n_kv = {c.name: c.n_kv() for c in self.kv.caches}
+        step = Step(ids, p, sq, dict(zip(names, slots)), n_kv, {}, out_rows=out_rows, groups=groups)
+        with torch.inference_mode():
+            logits = self.net.forward(step, self.kv, self.scratch)
+        for s, toks in batch:
+            self._cached.setdefault(int(s), []).extend(int(t) for t in toks)
         return logits
 
     def _evaluate(self, ids: Sequence[int], seq_id: int, should_cancel=None) -> torch.Tensor | None:

@@ -114,14 +114,19 @@ class Rope:
 
 @dataclass
 class Step:
-    """One ubatch: its tokens, positions, sequence, and per cache the claimed slots, the cells to read
-    and the mask over them."""
+    """One ubatch: its tokens, positions, sequence (one id, or one per token in a batch of several
+    sequences), per cache the claimed slots, the cells to read and the mask over them, and which rows
+    want logits (None: the last one only)."""
     ids: list[int]
     pos: np.ndarray
-    seq_id: int
+    seq_id: int | np.ndarray
     slots: dict[str, np.ndarray]
     n_kv: dict[str, int]
     masks: dict[str, torch.Tensor]
+    out_rows: list[int] | None = None
+    # several sequences (Model.eval_batch): per cache, for each sequence its query rows [r0, r1), its
+    # own cells in position order and the mask over them; attention then reads each sequence's cells only
+    groups: dict[str, list[tuple[int, int, torch.Tensor, torch.Tensor]]] | None = None
     placed: Any = None                # engine.offload_runtime.OffloadStep while layers run offloaded
 
 
@@ -132,6 +137,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
     n = q.shape[0]
     n_head_kv = k.shape[1]
     name = cache.name
+    if step.groups is not None:
+        cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
+        return attention_by_sequence(q, cache, il, step.groups[name], n_head_kv, scale)
     mask = step.masks[name]
     if step.placed is None:
         cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
@@ -141,6 +149,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
         mask = step.placed.on(mask, q.device)
     return attend(q, K.view(-1, n_head_kv, cache.k_width // n_head_kv),
                   V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale)
+
+
+def attention_by_sequence(q: torch.Tensor, cache: KVCache, il: int, groups, n_head_kv: int,
+                          scale: float) -> torch.Tensor:
+    """Each sequence's query rows attend over that sequence's own cells only (Step.groups), so what a
+    sequence computes does not depend on what the other sequences in the cache hold. -> [n, heads*dim_v]"""
+    out = []
+    for r0, r1, cells, mask in groups:
+        K, V = cache.read_cells(il, cells)
+        out.append(attend(q[r0:r1], K.view(-1, n_head_kv, cache.k_width // n_head_kv),
+                          V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 class Transformer:
@@ -188,8 +208,9 @@ class Transformer:
         """The layer matrices a batched linear dequantizes (the output head runs on one row only)."""
         return [t for layer in self.layers for t in layer.values() if isinstance(t, QTensor) and len(t.shape) == 2]
 
-    def make_kv(self, n_ctx: int, ubatch: int, kv_type: str) -> KVMemory:
-        """One global cache of n_ctx cells, and for sliding-window layers one of min(n_ctx, window + ubatch)."""
+    def make_kv(self, n_ctx: int, ubatch: int, kv_type: str, n_seq: int = 1) -> KVMemory:
+        """One global cache of n_ctx cells, and for sliding-window layers one of
+        min(n_ctx, window * n_seq + ubatch) (each of n_seq sequences keeps its own window)."""
         hp = self.hp
         for base, scale in {hp.rope_of(il) for il in range(hp.n_layer)}:
             self.ropes[(base, scale)] = Rope(hp.n_rot, base, hp.rope_neox, n_ctx, scale)
@@ -198,7 +219,8 @@ class Transformer:
         swa = [il for il in range(hp.n_layer) if il in hp.swa_layers]
         caches = [KVCache("global", glob, n_ctx, kw, vw, kv_type)]
         if swa:
-            caches.append(KVCache("swa", swa, min(n_ctx, hp.swa_window + ubatch), kw, vw, kv_type, hp.swa_window))
+            n_swa = min(n_ctx, hp.swa_window * max(1, n_seq) + ubatch)
+            caches.append(KVCache("swa", swa, n_swa, kw, vw, kv_type, hp.swa_window))
         return KVMemory(caches)
 
     def rope_of(self, il: int) -> Rope:
@@ -227,13 +249,17 @@ class Transformer:
         return step.placed
 
     def forward(self, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
-        """Run one ubatch through every layer; f32 logits [n_vocab] of its last token."""
+        """Run one ubatch through every layer; f32 logits [n_vocab] of its last token, or
+        [len(step.out_rows), n_vocab] of those rows when the step names them."""
         x = self.embed(step.ids)
         with self.place_step(step) as st:
             for il in range(self.hp.n_layer):
                 x = self.block(il, st.to_layer(il, x), st.weights(il), step, kv, scratch)
                 st.done(il)
             x, out = x.to(st.output_device), st.output_weights
+            if step.out_rows is not None:
+                x = rms_norm(x[step.out_rows], out["output_norm"], self.hp.eps)
+                return self.logits(linear(x, out["output"])).cpu()
             x = rms_norm(x[-1:], out["output_norm"], self.hp.eps)
             return self.logits(linear(x, out["output"])[0]).cpu()
 
