@@ -50,7 +50,7 @@ class ServerPanel(QDockWidget):
         lay.addWidget(self.network)
         key_row = QHBoxLayout()
         self.api_key = QLineEdit()
-        self.api_key.setPlaceholderText("API key (required for network access)")
+        self.api_key.setPlaceholderText("API key")
         self.api_key.setEchoMode(QLineEdit.EchoMode.PasswordEchoOnEdit)
         self.api_key.setToolTip("Clients send it as 'Authorization: Bearer KEY'; at least 8 characters")
         self.new_key = QPushButton("New key")

@@ -19,7 +19,7 @@ class TopBar(QWidget):
         lay.setContentsMargins(6, 2, 6, 2)
         title = QLabel("<b>Cellar</b>")
         self.model_btn = QToolButton()
-        self.model_btn.setText("No model ▾")
+        self.model_btn.setText("No model")
         self.model_btn.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.model_btn.setToolTip("The loaded model; click to open another or a recent one")
         self.menu = QMenu(self)
@@ -45,11 +45,11 @@ class TopBar(QWidget):
 
     def set_model(self, path: str | None, n_ctx: int = 0, options: dict | None = None) -> None:
         if not path:
-            self.model_btn.setText("No model ▾")
+            self.model_btn.setText("No model")
             self.load_info.setText("")
             return
         o = options or {}
-        self.model_btn.setText(f"{Path(path).stem} ▾")
+        self.model_btn.setText(Path(path).stem)
         where = f"GPU {o['gpu_layers']} layers" if o.get("gpu_layers") else "CPU"
         self.load_info.setText(f"ctx {n_ctx} · {where} · {'mmap' if o.get('mmap', True) else 'no mmap'}"
                                + (" · mlock" if o.get("mlock") else ""))

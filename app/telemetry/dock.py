@@ -23,11 +23,13 @@ class TelemetryDock(QDockWidget):
         self.kv_map = KVCellMap()
         lay.addWidget(self.kv_map)
         self.legend = QLabel(f"<span style='color:{SEQ_COLOURS[0]}'>■</span> this chat &nbsp; "
-                             f"<span style='color:{SEQ_COLOURS[1]}'>■</span> other sequence &nbsp; "
+                             f"<span style='color:{SEQ_COLOURS[1]}'>■</span> other &nbsp; "
                              f"<span style='color:{SHARED}'>■</span> shared &nbsp; "
                              f"<span style='color:{FREE}'>■</span> free")
         self.legend.setWordWrap(True)
-        self.legend.setToolTip("A square partly filled is a block of cells partly in use")
+        self.legend.setToolTip("This chat: sequence 0, the conversation the engine answered last. Other: another "
+                               "sequence. Shared: cells several sequences hold. A square partly filled is a block "
+                               "of cells partly in use")
         lay.addWidget(self.legend)
         self.swa_legend = QLabel("Sliding window: <b>outlined</b> cells are inside the window the next token "
                                  "sees; <i>hatched</i> ones are outside it, kept until overwritten.")

@@ -27,18 +27,15 @@ class MemoryGraphs(QWidget):
         head.addWidget(self.window)
         lay.addLayout(head)
 
-        self.ram_plot = pg.PlotWidget(background=None)
-        self.ram_plot.setMinimumHeight(120)
-        self.ram_plot.setMaximumHeight(200)
-        self.ram_plot.setMinimumWidth(200)
-        self.ram_plot.setMouseEnabled(False, False)
-        self.ram_plot.hideButtons()
-        self.ram_plot.setLabel("left", "MiB")
-        self.ram_plot.setLabel("bottom", "seconds ago")
-        self.ram_plot.addLegend(offset=(4, 4))
-        self.rss_curve = self.ram_plot.plot(name="engine RSS", pen=pg.mkPen("#3b82f6", width=2))
-        self.avail_curve = self.ram_plot.plot(name="RAM available", pen=pg.mkPen("#22c55e", width=2))
-        lay.addWidget(self.ram_plot)
+        # engine RSS and RAM available differ by orders of magnitude: one plot each, each on its own scale
+        self.rss_plot = self._plot("engine RSS (MiB)", "#3b82f6")
+        self.rss_curve = self.rss_plot.curve
+        self.avail_plot = self._plot("RAM available (MiB)", "#22c55e")
+        self.avail_curve = self.avail_plot.curve
+        self.avail_plot.setLabel("bottom", "seconds ago")
+        self.rss_plot.setXLink(self.avail_plot)
+        lay.addWidget(self.rss_plot)
+        lay.addWidget(self.avail_plot)
         self.rss_label = QLabel("engine RSS —")
         self.rss_label.setToolTip("Resident memory of the engine process and its children: what it holds in RAM now")
         self.avail_label = QLabel("RAM available —")
@@ -61,6 +58,20 @@ class MemoryGraphs(QWidget):
         lay.addWidget(self.vram_label)
 
         self.samples: collections.deque = collections.deque(maxlen=4000)   # (t, rss, avail, vram_used)
+
+    @staticmethod
+    def _plot(title: str, colour: str) -> pg.PlotWidget:
+        w = pg.PlotWidget(background=None)
+        w.setMinimumHeight(90)
+        w.setMaximumHeight(130)
+        w.setMinimumWidth(200)
+        w.setMouseEnabled(False, False)
+        w.hideButtons()
+        w.setTitle(title, size="9pt")
+        w.getPlotItem().getAxis("left").setWidth(48)     # both plots' axes line up
+        w.curve = w.plot(pen=pg.mkPen(colour, width=2))
+        w.enableAutoRange(axis="y")
+        return w
 
     def add(self, ev) -> None:
         """One protocol.Telemetry sample."""
@@ -90,4 +101,7 @@ class MemoryGraphs(QWidget):
         v = [(x, s[3] / MiB) for x, s in zip(xs, pts) if s[3] is not None]
         if v:
             self.vram_curve.setData([a for a, _ in v], [b for _, b in v])
-        self.ram_plot.setXRange(-span, 0, padding=0)
+        self.avail_plot.setXRange(-span, 0, padding=0)
+        for plot, col in ((self.rss_plot, 1), (self.avail_plot, 2)):       # from 0, so changes read as what they are
+            top = max(s[col] for s in pts) / MiB
+            plot.setYRange(0, top * 1.15 if top > 0 else 1, padding=0)

@@ -16,7 +16,7 @@ SEQ_COLOURS = ["#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#ec4899",
 SHARED = "#64748b"         # a cell held by more than one sequence
 FREE = "#d4d4d8"
 WINDOW_EDGE = "#111827"
-MAX_SQUARES = 512          # per cache; larger caches show blocks of cells
+MAX_SQUARES = 256          # per cache; larger caches show blocks of cells
 SQ, GAP = 9, 2
 
 

@@ -2,8 +2,10 @@
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m tests.app.screenshot_tour [OUT_DIR]
 
-Loads SmolLM2, asks a question and grabs the window mid-reply, grabs the telemetry dock, opens the
-load preview for Gemma-3, then loads Gemma-3 to show its sliding-window cache beside the global one."""
+Loads SmolLM2, asks a question and grabs the window mid-reply, grabs the telemetry dock, the
+conversation's system prompt and sampling dialog, and the local server panel serving SmolLM2; opens
+the load preview for Gemma-3, then loads Gemma-3 to show its sliding-window cache beside the global one.
+With a screen (xvfb-run -a .venv/bin/python -m tests.app.screenshot_tour) the window is real."""
 from __future__ import annotations
 
 import os
@@ -60,6 +62,8 @@ def main(out: Path) -> None:
         if len(tokens) == 70 and "mid" not in shot:
             shot["mid"] = w.grab()
     w.bridge.token.connect(grab_mid)
+    w.controller.set_chat_settings("You are a concise programming assistant. Prefer short code examples.",
+                                   w.controller.chat_settings()[1])
     w.chat.input.setPlainText("How do I reverse a list in Python? Show a short code example.")
     w.chat._submit(w.chat.input.toPlainText())
     wait(lambda: done)
@@ -67,7 +71,24 @@ def main(out: Path) -> None:
     w.bridge.send(__import__("engine.protocol", fromlist=["Snapshot"]).Snapshot())
     wait(lambda: w.dock.kv_map.snapshot.get("used", 0) > 0, 30)
     w.grab().save(str(out / "main_window_after_reply.png"))
-    w.dock.grab().save(str(out / "telemetry_dock.png"))
+    w.dock.widget().widget().grab().save(str(out / "telemetry_dock.png"))
+
+    d = w.open_chat_settings()
+    wait(lambda: d.isVisible(), 5)
+    d.grab().save(str(out / "chat_settings.png"))
+    d.reject()
+
+    panel = w.server_dock
+    panel.port.setValue(0)
+    panel.show()
+    panel.raise_()
+    panel.switch.setChecked(True)
+    wait(lambda: w.server.state in ("running", "failed"), 240)
+    wait(lambda: w.server.last_health is not None or w.server.state != "running", 20)
+    w.grab().save(str(out / "local_server.png"))
+    panel.switch.setChecked(False)
+    wait(lambda: w.server.state in ("off", "failed"), 20)
+    w.dock.raise_()
 
     shown = []
     w.loader.previewShown.connect(shown.append)
@@ -81,11 +102,14 @@ def main(out: Path) -> None:
     wait(lambda: len(loaded) >= 2, 300)
     w.controller.new_conversation()
     done.clear()
-    w.chat._submit("Write a haiku about a cellar.")
-    wait(lambda: done)
+    # a prompt longer than the 512-token window, so the sliding-window cache holds cells outside it
+    text = ("A cellar keeps what the house above forgets: jars of plums, a bicycle with one wheel, letters "
+            "tied with string, and the cool smell of stone that stays the same in every season. ") * 18
+    w.chat._submit("Summarise in one sentence:\n\n" + text)
+    wait(lambda: done, 600)
     w.bridge.send(__import__("engine.protocol", fromlist=["Snapshot"]).Snapshot())
     wait(lambda: len(w.dock.kv_map.caches()) == 2 and w.dock.kv_map.snapshot.get("used", 0) > 0, 30)
-    w.dock.grab().save(str(out / "telemetry_dock_gemma3_swa.png"))
+    w.dock.widget().widget().grab().save(str(out / "telemetry_dock_gemma3_swa.png"))   # all of it, unscrolled
     w.bridge.stop_blocking()
     store.close()
 

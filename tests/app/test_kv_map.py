@@ -16,13 +16,13 @@ def test_squares_follow_the_cell_runs_one_cell_each():
 
 def test_large_caches_show_blocks_filled_in_proportion():
     c = {"total": 4096, "used": 1003, "cells": [[1, 1, 1003], [0, 1, 3093]]}
-    per, sq = cache_squares(c)
+    per, sq = cache_squares(c, max_squares=512)
     assert per == 8 and len(sq) == 512
     assert all(s.mask == 1 and s.used == 1.0 for s in sq[:125])
     assert sq[125] == Square(1, 3 / 8, True)
     assert all(s.mask == 0 for s in sq[126:])
     odd = {"total": 1030, "cells": [[0, 1, 1030]]}                # 1030 / 3 per square: a short last one
-    per, sq = cache_squares(odd)
+    per, sq = cache_squares(odd, max_squares=512)
     assert per == 3 and len(sq) == 344 and sum(1 for s in sq if s.used == 0) == 344
 
 

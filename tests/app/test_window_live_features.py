@@ -44,5 +44,5 @@ def test_cell_map_follows_a_reply_with_the_engines_cells(qtbot, live):  # noqa: 
     assert {m for m, _, _ in runs} == {0, 1}                            # this chat (sequence 0) and free cells
     assert stats["prompt_tokens"] + stats["n_tokens"] - 1 <= cache["used"] <= stats["prompt_tokens"] + stats["n_tokens"]
     from app.telemetry.kv_map import cache_squares
-    per, squares = cache_squares(cache)
+    per, squares = cache_squares(cache, max_squares=512)
     assert per == 1 and sum(s.used for s in squares) == cache["used"]
