@@ -119,7 +119,7 @@ class OffloadStep:
         self.streamed = set(off.placement.streamed_layers(n_tokens)) if off.streamer is not None else set()
         self.gpu = off.placement.uses_gpu(n_tokens) and (bool(self.streamed) or bool(off.resident))
         self._pending: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
-        self._copies: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._copies: dict[tuple[int, torch.device], tuple[object, torch.Tensor]] = {}
 
     def __enter__(self) -> "OffloadStep":
         if self.streamed:
@@ -151,14 +151,17 @@ class OffloadStep:
                 dst.index_copy_(0, index, src.to(dst.device))
         self._pending.clear()
 
-    def on(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """t (a mask, an index: host tensors made once per step) on `device`, copied once per step."""
-        if t.device == device:
+    def on(self, t: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+        """t (a mask or a slot array: made once per step on the host) as a tensor on `device`, copied
+        once per step. The entry keeps t itself, so its id is not reused by another object meanwhile."""
+        if isinstance(t, torch.Tensor) and t.device == device:
             return t
         key = (id(t), device)
-        if key not in self._copies:
-            self._copies[key] = t.to(device)
-        return self._copies[key]
+        hit = self._copies.get(key)
+        if hit is None or hit[0] is not t:
+            src = torch.from_numpy(t) if isinstance(t, np.ndarray) else t
+            hit = self._copies[key] = (t, src.to(device))
+        return hit[1]
 
     def device_of(self, il: int) -> torch.device:
         return self.off.device if (il in self.off.resident or il in self.streamed) else CPU
@@ -183,15 +186,15 @@ class OffloadStep:
         return K, V of cells [0, n_kv) as f32 on k's device. A streamed layer's cells stay on the host:
         they are read to the device, the new rows added there, and sent home at the end of the step."""
         if il not in self.streamed:
-            if cache.k[il].device == CPU:
+            if il not in self.off.resident:             # a host layer running on the CPU
                 cache.write(il, slots, k, v)
-            else:
-                idx = self.on(torch.from_numpy(slots), cache.k[il].device)
+            else:                                       # rows on the device: index them there
+                idx = self.on(slots, cache.k[il].device)
                 cache.k[il].index_copy_(0, idx, cache._store(k))
                 cache.v[il].index_copy_(0, idx, cache._store(v))
             return cache.read(il, n_kv)
         idx = torch.from_numpy(slots)
-        dev_idx = self.on(idx, k.device)
+        dev_idx = self.on(slots, k.device)
         out = []
         for rows, new, width in ((cache.k[il], k, cache.k_width), (cache.v[il], v, cache.v_width)):
             stored = cache._store(new)
