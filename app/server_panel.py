@@ -150,7 +150,8 @@ class ServerPanel(QDockWidget):
     def _health(self, h: dict) -> None:
         busy, waiting = in_flight(h)
         who = "other computers too (API key required)" if self.server.options.network else "this computer only"
-        text = f"Listening · {who} · {busy} request{'' if busy == 1 else 's'} in flight"
+        model = f" · {h['model']}" if h.get("model") else ""
+        text = f"Listening{model} · {who} · {busy} request{'' if busy == 1 else 's'} in flight"
         if waiting:
             text += f" · {waiting} waiting"
         self.status.setText(text)

@@ -99,12 +99,19 @@ class KVCellMap(QWidget):
     def caches(self) -> list[dict]:
         return list(self.snapshot.get("caches") or [])
 
-    @staticmethod
-    def title(c: dict) -> str:
+    def title(self, c: dict, width: int | None = None) -> str:
+        """The cache's heading; the layer count goes first when the width is short, then it elides."""
         per, _ = cache_squares(c)
         name = f"sliding window {c['swa_window']}" if c.get("swa_window") else "global"
-        text = f"{name} · {c.get('used', 0)} / {c.get('total', 0)} cells · {len(c.get('layers', []))} layers"
-        return text + (f" · ■ = {per} cells" if per > 1 else "")
+        block = f" · ■ = {per} cells" if per > 1 else ""
+        full = f"{name} · {c.get('used', 0)} / {c.get('total', 0)} cells · {len(c.get('layers', []))} layers{block}"
+        if width is None:
+            return full
+        fm = self.fontMetrics()
+        for text in (full, f"{name} · {c.get('used', 0)} / {c.get('total', 0)}{block}"):
+            if fm.horizontalAdvance(text) <= width:
+                return text
+        return fm.elidedText(text, Qt.TextElideMode.ElideRight, width)
 
     def describe(self) -> str:
         lines = []
@@ -155,7 +162,7 @@ class KVCellMap(QWidget):
             per, squares = cache_squares(c)
             p.setPen(text)
             p.drawText(QRectF(2, y, self.width() - 4, 16), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
-                       self.title(c))
+                       self.title(c, self.width() - 4))
             y += 18
             swa = bool(c.get("swa_window"))
             for i, sq in enumerate(squares):

@@ -55,3 +55,14 @@ def test_painted_colours_mark_sequences_free_cells_and_the_window(qtbot):
     assert _pixel(img, rect(5), SQ // 2, SQ // 2) == QColor(SHARED).name()     # held by sequences 0 and 1
     assert _pixel(img, rect(6), SQ // 2, SQ // 2) == QColor(FREE).name()
     assert "sliding-window cache (window 4 tokens" in w.toolTip() and "6 of 12 cells used" in w.toolTip()
+
+
+def test_heading_keeps_the_block_size_when_the_dock_is_narrow(qtbot):
+    w = KVCellMap()
+    qtbot.addWidget(w)
+    c = {"swa_window": 512, "used": 859, "total": 1024, "layers": list(range(15)), "cells": [[1, 1, 859], [0, 1, 165]]}
+    wide = w.title(c, 2000)
+    assert wide == "sliding window 512 · 859 / 1024 cells · 15 layers · ■ = 4 cells"
+    narrow = w.title(c, w.fontMetrics().horizontalAdvance(wide) - 10)
+    assert narrow == "sliding window 512 · 859 / 1024 · ■ = 4 cells"
+    assert w.fontMetrics().horizontalAdvance(w.title(c, 60)) <= 60
