@@ -128,9 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="OpenAI-compatible server on loopback")
     _add_load_options(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=_positive("--port"), default=8080)
-    p.add_argument("--parallel", type=_positive("--parallel"), default=4)
-    p.add_argument("--api-key", default=None)
+    p.add_argument("--port", type=_nonneg("--port"), default=8080, help="TCP port (0: any free one)")
+    p.add_argument("--parallel", type=_positive("--parallel"), default=4, help="requests decoded together")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--queue", type=_nonneg("--queue"), default=16,
+                   help="requests that may wait for a slot; more get 503")
+    p.add_argument("--max-tokens", type=_positive("--max-tokens"), default=4096,
+                   help="cap on a request's max_tokens (and its default)")
+    p.add_argument("--max-body", type=_positive("--max-body"), default=2 * 1024 * 1024,
+                   help="largest request body in bytes; larger gets 413")
+    p.add_argument("--timeout", type=_positive("--timeout"), default=600,
+                   help="seconds a request may take, waiting included")
     return ap
 
 
