@@ -26,6 +26,9 @@ _Q8_BLOCK.update({t: 256 for t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, 
 # kernels, so a run there is bit-identical to a plain CPU run and any difference is a wiring bug. True runs
 # the torch kernels below there as well (what a CUDA device runs).
 TORCH_ON_CPU = False
+# Decode quantizes x to q8 blocks as the CPU GEMV does (what was asked for, and what llama.cpp's MMVQ does);
+# False keeps f32 activations. Greedy agreement with the CPU measured both ways: docs/offload.md.
+Q8_DECODE = True
 
 
 def is_on_gpu(w: Any) -> bool:
@@ -60,7 +63,7 @@ def linear(x: torch.Tensor, w: SlotTensor, dtype: torch.dtype = torch.float32, *
     """x [..., cols] @ W[rows, cols]^T -> [..., rows], W's raw blocks on x's device. q8: quantize x to
     q8 blocks first (decode), as the CPU GEMV does for quantized weight types."""
     wd = dequantize(w, dtype)
-    block = activation_block(w.qtype) if q8 else 0
+    block = activation_block(w.qtype) if q8 and Q8_DECODE else 0
     if block and x.shape[-1] % block == 0:
         x = quantize_q8(x, block)
     return (x.to(dtype) @ wd.t()).to(x.dtype)
