@@ -24,8 +24,9 @@ Task = Callable[[], None]
 
 
 class _Run:
-    def __init__(self, tasks: Sequence[Task]):
+    def __init__(self, tasks: Sequence[Task], max_helpers: int):
         self.tasks = tasks
+        self.max_helpers = max_helpers       # helpers left over from a higher thread count stay out
         self.next = itertools.count()        # next() on it is atomic under the GIL
         self.lock = threading.Lock()
         self.closed = False
@@ -44,7 +45,7 @@ class _Run:
 
     def join(self) -> bool:
         with self.lock:
-            if self.closed:
+            if self.closed or self.joined >= self.max_helpers:
                 return False
             self.joined += 1
             return True
@@ -79,7 +80,7 @@ class _Helpers:
         with self.cond:
             self.run = run
             self.generation += 1
-            self.cond.notify_all()
+            self.cond.notify(run.max_helpers)     # not all: helpers beyond the thread count stay asleep
 
     def _loop(self) -> None:
         seen = 0
@@ -110,7 +111,7 @@ def run(tasks: Sequence[Task]) -> None:
         return
     try:
         _helpers.ensure(n_help)
-        r = _Run(tasks)
+        r = _Run(tasks, n_help)
         _helpers.post(r)
         r.work()
         r.close_and_wait()
