@@ -18,7 +18,7 @@ from engine.quant import SUPPORTED, GGMLType, QTensor, dequantize_torch
 
 LIB_NAME = "libcellar_kernels.so"   # built by native/build.py next to native/__init__.py
 ISA_NAMES = ("scalar", "avx2", "avx512", "avx512-vnni")
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 
 _lib = None
 AVAILABLE = False
@@ -47,7 +47,8 @@ def _load_library():
     lib.cellar_gemv.argtypes = [i32, vp, i64, i64, i64, vp, i32, i64, vp, i64]
     lib.cellar_dequant.argtypes = [i32, vp, i64, i64, i64, i64, vp, i64, i32, i32]
     lib.cellar_supports.argtypes = [i32, i64]
-    for name in ("cellar_gemv", "cellar_dequant", "cellar_supports", "cellar_set_isa", "cellar_isa",
+    lib.cellar_gemv_multi.argtypes = [i32, vp, vp, vp, vp, i64, vp, vp]
+    for name in ("cellar_gemv", "cellar_gemv_multi", "cellar_dequant", "cellar_supports", "cellar_set_isa", "cellar_isa",
                  "cellar_isa_best", "cellar_set_threads", "cellar_threads"):
         getattr(lib, name).restype = i32
     return lib
@@ -166,6 +167,55 @@ def gemv(w: QTensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.
     if rc != 0:
         raise RuntimeError(f"{w.name}: native gemv failed ({'out of memory' if rc == -2 else 'bad shape'})")
     return out
+
+
+class _Group:
+    """ctypes argument arrays of one list of weights for cellar_gemv_multi, built once."""
+
+    def __init__(self, ws: list[QTensor]):
+        args = [_native_args(w) for w in ws]
+        n = len(ws)
+        self.n, self.cols = n, args[0][4]
+        self.rows = [a[3] for a in args]
+        self.total = sum(self.rows)
+        self.types = (ctypes.c_int * n)(*[a[0] for a in args])
+        self.addrs = (ctypes.c_void_p * n)(*[a[1] for a in args])
+        self.row_bytes = (ctypes.c_int64 * n)(*[a[2] for a in args])
+        self.rows_c = (ctypes.c_int64 * n)(*self.rows)
+        self.outs_t = ctypes.c_void_p * n
+        self.keys = [(id(w.data), w.qtype, w.shape) for w in ws]
+
+
+MULTI_MAX = 8
+
+
+def gemv_many(ws: list[QTensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """[x @ W.T for W in ws] for one row x (f32 [1, cols] or [cols]) in one native call: x prepared once
+    and the rows of all the weights shared between the threads in one job (decode's Q, K, V; gate, up)."""
+    if (_lib is None or not 1 <= len(ws) <= MULTI_MAX or x.dtype != torch.float32 or x.device.type != "cpu"
+            or not x.is_contiguous() or x.numel() != x.shape[-1] or x.dim() > 2):
+        return [gemv(w, x) for w in ws]
+    cache = ws[0].__dict__.setdefault("_gemv_groups", {})
+    key = tuple(id(w) for w in ws)
+    g = cache.get(key)
+    if g is None or g.keys != [(id(w.data), w.qtype, w.shape) for w in ws]:
+        if len({w.cols for w in ws}) != 1:
+            raise ValueError("gemv_many: the weights must have the same number of columns")
+        g = cache[key] = _Group(ws)
+    if x.shape[-1] != g.cols:
+        raise ValueError(f"x must have {g.cols} columns, got {list(x.shape)}")
+    buf = torch.empty(g.total, dtype=torch.float32)
+    base, outs, off = buf.data_ptr(), [], 0
+    ptrs = g.outs_t()                        # per call: two threads may run the same group
+    for i, r in enumerate(g.rows):
+        ptrs[i] = base + 4 * off
+        o = buf[off:off + r]
+        outs.append(o.view(1, r) if x.dim() == 2 else o)
+        off += r
+    rc = _lib.cellar_gemv_multi(g.n, g.types, g.addrs, g.row_bytes, g.rows_c, g.cols, x.data_ptr(), ptrs)
+    if rc != 0:
+        raise RuntimeError(f"{ws[0].name}: native gemv failed ({'out of memory' if rc == -2 else 'bad shape'})")
+    return outs
 
 
 def dequantize_into(w: QTensor, out: torch.Tensor, row0: int = 0, row1: int | None = None, *,

@@ -88,6 +88,13 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None) -> torch
     return out
 
 
+def linear_many(x: torch.Tensor, ws: list[QTensor], scratch: Scratch | None = None) -> list[torch.Tensor]:
+    """[linear(x, w) for w in ws]; for one row of x (decode) in one native call that prepares x once."""
+    if x.shape[0] == 1 and all(isinstance(w, QTensor) for w in ws):
+        return kernels.gemv_many(ws, x.contiguous())
+    return [linear(x, w, scratch) for w in ws]
+
+
 def get_rows(w: QTensor, ids: torch.Tensor | list[int]) -> torch.Tensor:
     """Rows `ids` of w, dequantized to f32 [len(ids), cols]; the rest of the matrix is never touched."""
     idx = np.asarray(ids.tolist() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64)

@@ -5,7 +5,7 @@
 #include "common.h"
 #include "pool.h"
 
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 float cellar_f16_table[65536];
 
@@ -209,5 +209,71 @@ int cellar_dequant(int type, const void *w, int64_t row_bytes, int64_t row0, int
     atomic_store(&j.next, 0);
     if (alone) dequant_task(&j, 0, 1);
     else pool_run(dequant_task, &j, j.rows > j.chunk ? nth : 1);
+    return 0;
+}
+
+/* ---- several GEMVs on one x (decode: Q, K, V; gate, up): x prepared once per activation format,
+ * one pool job over the rows of all of them ---- */
+#define MULTI_MAX 8
+typedef struct {
+    const kernel_table *k;
+    int n_w, cols;
+    int type[MULTI_MAX]; const uint8_t *w[MULTI_MAX]; int64_t row_bytes[MULTI_MAX];
+    int64_t off[MULTI_MAX + 1];            /* first global row of each weight; off[n_w] = total */
+    const uint8_t *act[MULTI_MAX]; float *out[MULTI_MAX];
+    int64_t chunk;
+    _Atomic int64_t next;
+} multi_t;
+
+static void multi_task(void *p, int ith, int nth) {
+    multi_t *j = p; (void)ith; (void)nth;
+    const int64_t total = j->off[j->n_w];
+    for (;;) {
+        const int64_t r0 = atomic_fetch_add(&j->next, j->chunk);
+        if (r0 >= total) break;
+        const int64_t r1 = r0 + j->chunk < total ? r0 + j->chunk : total;
+        int i = 0;
+        while (j->off[i + 1] <= r0) i++;
+        for (int64_t r = r0; r < r1; r++) {
+            while (r >= j->off[i + 1]) i++;
+            const int64_t lr = r - j->off[i];
+            j->out[i][lr] = j->k->dot[j->type[i]](j->cols, j->w[i] + lr * j->row_bytes[i], j->act[i]);
+        }
+    }
+}
+
+/* out_i[r] = sum_c W_i[r, c] * x[c] for n_w weights sharing cols. Returns 0, -1 (bad type/shape), -2
+ * (out of memory). */
+int cellar_gemv_multi(int n_w, const int *types, const void *const *ws, const int64_t *row_bytes,
+                      const int64_t *rows, int64_t cols, const float *x, float *const *outs) {
+    if (n_w < 1 || n_w > MULTI_MAX) return -1;
+    const kernel_table *k = K;
+    multi_t j = {.k = k, .n_w = n_w, .cols = (int)cols};
+    int need_q8 = 0, need_q8k = 0;
+    j.off[0] = 0;
+    for (int i = 0; i < n_w; i++) {
+        if (!cellar_supports(types[i], cols) || rows[i] < 0) return -1;
+        const int kind = act_kind(types[i]);
+        need_q8 |= kind == ACT_Q8; need_q8k |= kind == ACT_Q8K;
+        j.type[i] = types[i]; j.w[i] = ws[i]; j.row_bytes[i] = row_bytes[i]; j.out[i] = outs[i];
+        j.off[i + 1] = j.off[i] + rows[i];
+    }
+    const size_t per8 = (size_t)cols / QK * sizeof(act_q8);
+    const size_t per8k = cols % QK_K == 0 ? (size_t)cols / QK_K * sizeof(act_q8k) : 0;
+    uint8_t *buf = get_scratch((need_q8 ? per8 : 0) + (need_q8k ? per8k : 0) + 64);
+    if (!buf) return -2;
+    uint8_t *a8 = buf, *a8k = buf + (need_q8 ? (per8 + 63) / 64 * 64 : 0);
+    if (need_q8) k->quant_q8((int)cols, x, a8);
+    if (need_q8k) k->quant_q8k((int)cols, x, a8k);
+    for (int i = 0; i < n_w; i++) {
+        const int kind = act_kind(types[i]);
+        j.act[i] = kind == ACT_Q8 ? a8 : kind == ACT_Q8K ? a8k : (const uint8_t *)x;
+    }
+    const int64_t total = j.off[n_w];
+    if (total == 0) return 0;
+    const int nth = pool_threads();
+    j.chunk = chunk_rows(total, row_bytes[0], nth);
+    atomic_store(&j.next, 0);
+    pool_run(multi_task, &j, total > j.chunk ? nth : 1);
     return 0;
 }

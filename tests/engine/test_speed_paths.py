@@ -155,3 +155,37 @@ def test_bench_reports_the_contract_figures(tiny_q, mode):
     assert out["peak_rss_mib"] >= out["base_rss_mib"] > 0
     if mode == "mlock":
         assert isinstance(out["mlock_locked"], bool)
+
+
+def test_gemv_many_equals_one_gemv_per_weight():
+    """One native call for weights sharing x (Q/K/V, gate/up), activation formats mixed, gives
+    bitwise what separate GEMVs give, on every thread count."""
+    rng = np.random.default_rng(7)
+    cols = 512
+    ws = [QTensor(f"w{i}", q, (r, cols), raw_tensor(q, (r, cols), rng).data)
+          for i, (q, r) in enumerate([(GGMLType.Q4_1, 300), (GGMLType.Q4_K, 64), (GGMLType.Q6_K, 200),
+                                      (GGMLType.Q8_0, 1)])]
+    ws.append(QTensor("f", GGMLType.F32, (70, cols), rng.standard_normal(70 * cols).astype(np.float32).view(np.uint8)))
+    x = torch.from_numpy(rng.standard_normal((1, cols)).astype(np.float32))
+    before = kernels.get_threads()
+    try:
+        for threads in (1, 2):
+            kernels.set_threads(threads)
+            got = kernels.gemv_many(ws, x)
+            for w, g in zip(ws, got):
+                assert g.shape == (1, w.rows)
+                assert torch.equal(g, kernels.gemv(w, x)), w.name
+            assert [g.shape for g in kernels.gemv_many(ws[:2], x[0])] == [(300,), (64,)]
+    finally:
+        kernels.set_threads(before)
+    with pytest.raises(ValueError, match="same number of columns"):
+        kernels.gemv_many([ws[0], QTensor("o", GGMLType.Q8_0, (4, 256), raw_tensor(GGMLType.Q8_0, (4, 256), rng).data)], x)
+
+
+def test_linear_many_takes_the_batched_path_for_several_rows():
+    rng = np.random.default_rng(3)
+    ws = [QTensor(f"w{i}", GGMLType.Q8_0, (96, 256), raw_tensor(GGMLType.Q8_0, (96, 256), rng).data) for i in range(2)]
+    x = torch.from_numpy(rng.standard_normal((12, 256)).astype(np.float32))
+    sc = ops.Scratch.for_weights(ws)
+    for w, got in zip(ws, ops.linear_many(x, ws, sc)):
+        torch.testing.assert_close(got, ops.linear(x, w, sc))
