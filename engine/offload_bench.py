@@ -5,6 +5,10 @@
         file-backed mmap (as GGUF weights are), with and without compute on the other stream.
     python -m engine.offload_bench reduce SRC.gguf DST.gguf --layers N
         a copy of a model with its first N repeating layers only (real weights, block_count rewritten)
+    python -m engine.offload_bench model MODEL.gguf [--gpu-layers 0,4,all] [--pp 512] [--tg 64] [--device cuda]
+                                                    [--torch-kernels] [--json FILE]
+        the wired runtime per placement: prefill and decode tok/s, resident/staging bytes, streamed layers,
+        and how many greedy tokens agree with the CPU run (first difference, if any)
 """
 from __future__ import annotations
 
@@ -137,6 +141,55 @@ def reduce_model(src: str, dst: str, n_layers: int) -> None:
     w.close()
 
 
+PROMPT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg, a goldsmith "
+          "from Mainz, combined several existing technologies into a machine that could print pages faster than "
+          "any scribe. Before him, books were copied by hand")
+
+
+def model_bench(path: str, gpu_layers: list[str], pp: int, tg: int, device: str, threads: int | None) -> list[dict]:
+    """Prefill (pp tokens) and decode (tg tokens) speed, and greedy agreement with the CPU, per placement."""
+    import torch
+    from engine.runtime import LoadOptions, Model
+    from engine.sampling import Sampler, SamplingParams
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    rows, ref = [], None
+    for spec in ["cpu"] + gpu_layers:
+        kw = {} if spec == "cpu" else {"gpu_layers": 1 << 20 if spec == "all" else int(spec), "offload_device": device}
+        if spec != "cpu" and kw["gpu_layers"] == 0:
+            kw["offload_stream"] = True                   # every layer on the host, streamed for prefill
+        m = Model.load(path, LoadOptions(ctx=max(2048, pp + tg + 8), threads=threads, warmup=True, **kw))
+        tok = m.tokenizer
+        text = tok.encode("The quick brown fox jumps over the lazy dog. " * (pp // 8 + 1))[:pp]
+        m.reset()
+        sync()
+        t0 = time.perf_counter()
+        m.eval(text)
+        sync()
+        pp_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(tg):
+            m.eval([text[i % len(text)]])
+        sync()
+        tg_s = time.perf_counter() - t0
+        m.reset()
+        toks = m.generate(tok.encode(PROMPT, add_special=True), tg, Sampler(SamplingParams(temperature=0))).tokens
+        if ref is None:
+            ref = toks
+        first = next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), None)
+        off = m.offload
+        rows.append({"placement": spec, "pp_tok_s": round(pp / pp_s, 1), "tg_tok_s": round(tg / tg_s, 1),
+                     "resident_mib": round(off.resident_bytes / 2**20, 1) if off else 0,
+                     "staging_mib": round(off.staging_bytes / 2**20, 1) if off else 0,
+                     "streamed_layers": off.streamer.stats.layers if off and off.streamer else 0,
+                     "greedy_equal": toks == ref, "first_difference": first, "warnings": m.warnings})
+        m.close()
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine.offload_bench")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -148,7 +201,27 @@ def main(argv=None) -> int:
     rd.add_argument("src")
     rd.add_argument("dst")
     rd.add_argument("--layers", type=int, required=True)
+    md = sub.add_parser("model")
+    md.add_argument("path")
+    md.add_argument("--gpu-layers", default="0,4,all", help="comma-separated placements (0: all streamed)")
+    md.add_argument("--pp", type=int, default=512)
+    md.add_argument("--tg", type=int, default=64)
+    md.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    md.add_argument("--threads", type=int, default=None)
+    md.add_argument("--torch-kernels", action="store_true",
+                    help="with --device cpu: multiply with the torch kernels a GPU runs, not the CPU's")
+    md.add_argument("--json")
     args = ap.parse_args(argv)
+    if args.cmd == "model":
+        if args.torch_kernels:
+            from engine import gpu_kernels
+            gpu_kernels.TORCH_ON_CPU = True
+        rows = model_bench(args.path, args.gpu_layers.split(","), args.pp, args.tg, args.device, args.threads)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        for r in rows:
+            print(json.dumps(r))
     if args.cmd == "reduce":
         reduce_model(args.src, args.dst, args.layers)
     if args.cmd == "bandwidth":
