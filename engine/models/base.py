@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from engine.errors import BadModelFile
 from engine.kv_cache import KVCache, KVMemory
-from engine.ops import Scratch, as_f32, attend, get_rows, linear
+from engine.ops import Scratch, as_f32, attend, get_rows, linear, linear_many
 from engine.quant import QTensor
 
 Progress = Callable[[float, str], None]
@@ -268,12 +268,13 @@ class Transformer:
 
 
 def swiglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
-    return linear(F.silu(linear(x, w["ffn_gate"], scratch)) * linear(x, w["ffn_up"], scratch), w["ffn_down"], scratch)
+    gate, up = linear_many(x, [w["ffn_gate"], w["ffn_up"]], scratch)
+    return linear(F.silu(gate).mul_(up), w["ffn_down"], scratch)
 
 
 def geglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
-    gate = F.gelu(linear(x, w["ffn_gate"], scratch), approximate="tanh")
-    return linear(gate * linear(x, w["ffn_up"], scratch), w["ffn_down"], scratch)
+    gate, up = linear_many(x, [w["ffn_gate"], w["ffn_up"]], scratch)
+    return linear(F.gelu(gate, approximate="tanh").mul_(up), w["ffn_down"], scratch)
 
 
 def inv_sqrt(n: int) -> float:

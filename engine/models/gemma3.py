@@ -16,7 +16,7 @@ import math
 from engine.kv_cache import KVMemory
 from engine.models.base import Hparams, Step, Transformer, attention, geglu, rms_norm
 from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number
-from engine.ops import Scratch, get_rows, linear
+from engine.ops import Scratch, get_rows, linear, linear_many
 
 SWA_PATTERN = 6            # llama.cpp: hparams.set_swa_pattern(6)
 ROPE_BASE_SWA = 10000.0
@@ -73,9 +73,10 @@ class Gemma3(Transformer):
         hp, n = self.hp, len(step.ids)
         rope = self.rope_of(il)
         h = rms_norm(x, w["attn_norm"], hp.eps)
-        q = linear(h, w["attn_q"], scratch).view(n, hp.n_head, hp.head_dim)
-        k = linear(h, w["attn_k"], scratch).view(n, hp.n_head_kv, hp.head_dim)
-        v = linear(h, w["attn_v"], scratch).view(n, hp.n_head_kv, hp.head_dim_v)
+        q, k, v = linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], scratch)
+        q = q.view(n, hp.n_head, hp.head_dim)
+        k = k.view(n, hp.n_head_kv, hp.head_dim)
+        v = v.view(n, hp.n_head_kv, hp.head_dim_v)
         q = rope(rms_norm(q, w["attn_q_norm"], hp.eps), step.pos) * hp.q_scale
         k = rope(rms_norm(k, w["attn_k_norm"], hp.eps), step.pos)
         a = attention(q, k, v, kv.cache_of(il), il, step, 1.0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from engine.kv_cache import KVMemory
 from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt, rms_norm, swiglu
 from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number
-from engine.ops import Scratch, linear
+from engine.ops import Scratch, linear, linear_many
 
 
 class Llama(Transformer):
@@ -52,9 +52,10 @@ class Llama(Transformer):
         hp, n = self.hp, len(step.ids)
         rope = self.rope_of(il)
         h = rms_norm(x, w["attn_norm"], hp.eps)
-        q = linear(h, w["attn_q"], scratch).view(n, hp.n_head, hp.head_dim)
-        k = linear(h, w["attn_k"], scratch).view(n, hp.n_head_kv, hp.head_dim)
-        v = linear(h, w["attn_v"], scratch).view(n, hp.n_head_kv, hp.head_dim_v)
+        q, k, v = linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], scratch)
+        q = q.view(n, hp.n_head, hp.head_dim)
+        k = k.view(n, hp.n_head_kv, hp.head_dim)
+        v = v.view(n, hp.n_head_kv, hp.head_dim_v)
         q, k = rope(q, step.pos), rope(k, step.pos)
         a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim))
         x = x + linear(a, w["attn_output"], scratch)
