@@ -15,8 +15,9 @@ Prompt chunks run as single-sequence steps; every step attends each sequence ove
 the text it gets alone, bit for bit.
 
 Each slot owns n_ctx / N cells of the cache. A finished request leaves its tokens in its slot as a
-prompt cache; a new request goes to the idle slot sharing the longest prefix with its prompt (least
-recently used on a tie) and evaluates only the rest, as llama-server does. The queue of requests
+prompt cache; a new request goes to the idle slot sharing the longest prefix with its prompt when
+that prefix covers at least half of it (else the least recently used idle slot), and evaluates only
+the rest, as llama-server does. The queue of requests
 waiting for a slot is bounded: submit raises Busy when it is full.
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ from engine.runtime import ContextFull, Model, _TextOut
 from engine.sampling import Sampler, SamplingParams
 
 log = logging.getLogger("cellar.scheduler")
+
+SIMILARITY = 0.5        # a cached prefix must cover this share of a prompt to pick its slot
 
 
 class Busy(CellarError):
@@ -209,9 +212,13 @@ class Scheduler:
             if not idle:
                 break
             job = self._queue.popleft()
-            best = max(idle, key=lambda s: (_common_prefix(self.model.cached_tokens(s.id), job.prompt)
-                                            if job.cache_prompt else 0, -s.t_used))
-            self._start(best, job)
+            self._start(max(idle, key=lambda s: self._fit(s, job)), job)
+
+    def _fit(self, s: _Slot, job: Job) -> tuple[int, float]:
+        """How well slot s suits job: the cached prefix it shares, counted when it covers at least
+        half the prompt (llama-server's similarity rule), else the least recently used slot."""
+        n = _common_prefix(self.model.cached_tokens(s.id), job.prompt) if job.cache_prompt else 0
+        return (n if n >= SIMILARITY * len(job.prompt) else -1, -s.t_used)
 
     def _start(self, s: _Slot, job: Job) -> None:
         m = self.model
