@@ -687,6 +687,10 @@ def _overlap(d: Doc) -> None:
     d.tensors[2].offset = d.tensors[1].offset
 
 
+def _bad_utf8(d: Doc) -> None:
+    d.kv("tokenizer.ggml.tokens").value[1][12] = "\udcc4\udcff"      # written as the raw bytes C4 FF
+
+
 def _vocab_short(d: Doc) -> None:
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
         k = d.kv(key)
@@ -778,6 +782,7 @@ CORPUS: dict[str, tuple] = {
     "nested_arrays_1e6": ("llama", _nested, "bad_model_file", ""),
     "vocab_shorter_than_embeddings": ("llama", _vocab_short, "bad_model_file", "tokens"),
     "vocab_duplicate_token": ("llama", _vocab_dup, "bad_model_file", "duplicate"),
+    "vocab_invalid_utf8": ("gemma3", _bad_utf8, "bad_model_file", "not valid UTF-8"),
     "vocab_byte_token_bad_text": ("gemma3", _byte_token, "bad_model_file", "byte token"),
     "scores_wrong_length": ("gemma3", _do(lambda d: setattr(d.kv("tokenizer.ggml.scores"), "value",
                                                             (F32, d.kv("tokenizer.ggml.scores").value[1][:5]))),

@@ -100,6 +100,14 @@ def _id(meta: dict[str, Any], key: str, default: int | None, n: int) -> int | No
     return v if 0 <= v < n else default
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _tolist(v: Any) -> list:
     return v.tolist() if hasattr(v, "tolist") else list(v)
 
@@ -117,6 +125,14 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
     if not isinstance(tokens, list) or not tokens:
         raise BadModelFile("GGUF has no tokenizer.ggml.tokens vocabulary; re-convert the model with its tokenizer")
     n = len(tokens)
+    if not all(isinstance(t, str) for t in tokens):
+        raise BadModelFile("GGUF tokenizer.ggml.tokens holds something other than strings; the vocabulary is corrupt")
+    try:
+        "".join(tokens).encode("utf-8")
+    except UnicodeEncodeError:          # the reader keeps invalid UTF-8 as surrogates: find the token
+        bad = next(i for i, t in enumerate(tokens) if not _utf8(t))
+        raise BadModelFile(f"GGUF token {bad} is not valid UTF-8 ({tokens[bad].encode('utf-8', 'surrogateescape')[:16]!r});"
+                           f" the vocabulary is corrupt") from None
     tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     token_to_id = dict(zip(tokens, range(n)))
     if len(token_to_id) != n:
