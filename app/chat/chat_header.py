@@ -44,7 +44,8 @@ class ChatHeader(QWidget):
         lay = QHBoxLayout(self)
         lay.setContentsMargins(4, 0, 4, 2)
         self.prompt = ElidedLabel()
-        self.prompt.setMinimumWidth(100)
+        self.prompt.setMinimumWidth(self.prompt.fontMetrics().horizontalAdvance("No system prompt") + 8)
+        self.prompt.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)   # shares the squeeze
         self.prompt.setToolTip("This conversation's system prompt, sent before its messages")
         self.figures = ElidedLabel()
         self.figures.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
