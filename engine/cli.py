@@ -162,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # the last line of defence: one line, details in the log
+        from engine.oom import is_out_of_memory, loading_error
+        if is_out_of_memory(e) and getattr(args, "model", None):
+            log.info("%s ran out of memory: %s", args.command, e)
+            sys.stderr.write(f"error: {loading_error(e, args.model).message}\n")
+            return 1
         log.exception("unexpected failure in %s", args.command)
         first = str(e).splitlines()[0] if str(e) else ""
         sys.stderr.write(f"error: internal error in {args.command}: {type(e).__name__}: {first} "

@@ -150,3 +150,27 @@ def test_out_of_memory_under_a_cap_names_model_size_and_cap(tiny, smollm2_path):
         load(client, rec, tiny, ctx=256)
     finally:
         client.stop()
+
+
+@pytest.mark.slow
+def test_cli_run_out_of_memory_is_one_line(smollm2_path):
+    """`cellar run` under an address-space cap 32 MiB above what importing the runtime takes."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", "import engine.runtime, engine.commands\n"
+                        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmSize:')))"],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    cap = int(r.stdout.strip()) * 1024 + 32 * 2**20
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (cap, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    r = subprocess.run([sys.executable, "-m", "app.launcher", "run", str(smollm2_path), "-p", "hi", "-n", "2",
+                        "--ctx", "512"], cwd=root, capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(f"error: out of memory loading {os.path.basename(smollm2_path)} (94 MiB): "
+                               f"the engine is capped at {cap / 2**20:.0f} MiB"), lines
