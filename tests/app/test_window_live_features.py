@@ -1,5 +1,5 @@
 """With the real engine and SmolLM2: a conversation's own sampling and system prompt reach the engine;
-the KV cell map follows a reply with the engine's real cells."""
+the KV cell map follows a reply with the engine's real cells. One test, so the model loads once."""
 from __future__ import annotations
 
 import pytest
@@ -10,8 +10,10 @@ from tests.app.test_window_live import live, send_and_wait  # noqa: F401  (live 
 pytestmark = pytest.mark.slow
 
 
-def test_own_reply_length_and_system_prompt_reach_the_engine(qtbot, live):  # noqa: F811
+def test_chat_settings_reach_the_engine_and_the_cell_map_follows_a_reply(qtbot, live):  # noqa: F811
     w = live                                     # Settings: max_tokens 12, temperature 0
+
+    # a conversation's own reply length and system prompt
     # longer than SmolLM2's template's own default system prompt, which is used when none is given
     prompt = ("You are a careful assistant. You answer in French, in one short sentence, and never in English. "
               "When you are not sure, you say so plainly and suggest where the user could look it up.")
@@ -25,9 +27,8 @@ def test_own_reply_length_and_system_prompt_reach_the_engine(qtbot, live):  # no
     assert stats["n_tokens"] > 3 or stats["stop_reason"] == "eos"      # the default reply length, 12
     assert with_system > stats["prompt_tokens"] + 15                  # our system prompt was sent
 
-
-def test_cell_map_follows_a_reply_with_the_engines_cells(qtbot, live):  # noqa: F811
-    w = live
+    # the cell map: snapshots while the reply streams, then the engine's cells where they are
+    w.new_chat()
     w.settings.max_tokens = 60
     snaps = []
     w.bridge.event.connect(lambda ev: snaps.append(ev.snapshot) if isinstance(ev, P.KVSnapshot) else None)
