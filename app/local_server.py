@@ -9,12 +9,15 @@ thread once a second, so nothing here blocks the window.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
+from app import paths
 from app.background import run_in_thread
 
 LOOPBACK, ALL_INTERFACES = "127.0.0.1", "0.0.0.0"
@@ -63,6 +66,37 @@ def in_flight(health: dict) -> tuple[int, int]:
     """(requests being answered, requests waiting) from a /health answer."""
     busy = sum(1 for s in health.get("slots") or [] if isinstance(s, dict) and s.get("state") not in (None, "idle"))
     return busy, int(health.get("queue") or 0)
+
+
+def pid_file() -> Path:
+    """Where the running server's pid is kept, so a window that died cannot leave it running for good."""
+    return paths.data_dir() / "local_server.pid"
+
+
+def stop_leftover() -> int | None:
+    """Stop a `cellar serve` an earlier window started and never stopped (it crashed or was killed);
+    its pid, or None when there was none. Only a process whose command line is that server's is touched."""
+    f = pid_file()
+    try:
+        pid = int(json.loads(f.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        f.unlink(missing_ok=True)
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        cmd = proc.cmdline()
+        if "serve" not in cmd:
+            return None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except psutil.TimeoutExpired:
+            proc.kill()
+        return pid
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def _get_health(url: str) -> dict:
@@ -122,6 +156,7 @@ class LocalServer(QObject):
         cmd = [*self.command(), *serve_args(options)]
         self.proc = p
         self._set("starting", "loading the model in the server process")
+        p.started.connect(lambda: pid_file().write_text(json.dumps({"pid": p.processId(), "port": options.port})))
         p.start(cmd[0], cmd[1:])
         return True
 
@@ -175,6 +210,7 @@ class LocalServer(QObject):
         return f"The server stopped (exit status {code})" + (f": {self._stderr[-1]}" if self._stderr else "")
 
     def _finished(self, code: int, _status) -> None:
+        pid_file().unlink(missing_ok=True)
         self._timer.stop()
         self._kill_timer.stop()
         self.url = None

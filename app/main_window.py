@@ -17,7 +17,7 @@ from app.dialogs.chat_settings import ChatSettingsDialog
 from app.dialogs.settings_dialog import SettingsDialog
 from app.drop_overlay import DropOverlay
 from app.load_flow import LoadFlow
-from app.local_server import LocalServer
+from app.local_server import LocalServer, stop_leftover
 from app.pull_progress import PullProgress
 from app.server_panel import ServerPanel
 from app.settings import AppSettings
@@ -70,6 +70,8 @@ class MainWindow(QMainWindow):
         self._server_settings_in()
         self.status = StatusBar(lambda: store.last_write)
         self.setStatusBar(self.status)
+        if stop_leftover() is not None:
+            self.status.showMessage("Stopped a local server an earlier window left running", 15000)
         self.overlay = DropOverlay(self)
 
         self.controller = ChatController(store, bridge, self.chat, lambda: self.settings.sampling(), self)

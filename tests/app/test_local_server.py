@@ -113,3 +113,43 @@ def test_a_server_that_cannot_start_says_why_in_one_line(qtbot, window, fake_ser
                                "or --host")
     assert not p.switch.isChecked() and p.switch.isEnabled() and p.port.isEnabled()
     assert window.notice.isVisible() and "Address already in use" in window.notice.label.text()
+
+
+def test_a_server_a_dead_window_left_running_is_stopped_by_the_next_one(qtbot, fake_serve, tmp_path):
+    import subprocess
+    import time
+
+    from app.local_server import pid_file
+    from tests.app.conftest import make_window
+    first = make_window(qtbot, start_engine=False)
+    _loaded(first, tmp_path)
+    first.server_dock.port.setValue(0)
+    with qtbot.waitSignal(first.server.stateChanged, timeout=15000, check_params_cb=lambda s, d: s == "running"):
+        first.server_dock.switch.setChecked(True)
+    pid = json.loads(pid_file().read_text())["pid"]
+    assert pid == first.server.proc.processId()
+    first.server.proc.finished.disconnect()        # as if this window died: nobody stops its server
+    first.server.proc.setParent(None)
+
+    second = make_window(qtbot, start_engine=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        first.server.proc.waitForFinished(100)    # reap it, as the dead window's process would be
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not pid_file().exists()
+    assert "earlier window" in second.status.currentMessage()
+
+    # a pid file naming some other program is dropped without touching it
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        pid_file().write_text(json.dumps({"pid": other.pid, "port": 8080}))
+        make_window(qtbot, start_engine=False)
+        assert other.poll() is None and not pid_file().exists()
+    finally:
+        other.kill()
+        other.wait()
