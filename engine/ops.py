@@ -109,13 +109,38 @@ def as_f32(w: QTensor) -> torch.Tensor:
     return w.dequantize(torch.float32).reshape(w.shape).clone()
 
 
+ATTEND_BLOCK = 128         # query rows per attention task at prefill
+
+
 def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q K^T * scale + mask) V with grouped-query heads, as two batched matmuls per K/V head.
 
     q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf);
     query head h reads K/V head h // (heads / heads_kv). -> [n, heads * dv]. On the CPU this is 2-3x
     faster than scaled_dot_product_attention with a mask (and than its flash kernel with is_causal),
-    at prefill and at decode alike: the queries sharing a K/V head become one matrix."""
+    at prefill and at decode alike: the queries sharing a K/V head become one matrix.
+
+    A long ubatch runs in blocks of query rows, shared between threads (engine/split.py); each block
+    reads only the cells between its rows' first and last visible ones (a causal prompt skips the
+    upper triangle, a sliding window the cells behind it)."""
+    n = q.shape[0]
+    if n <= ATTEND_BLOCK or q.device.type != "cpu":
+        return _attend(q, K, V, mask, scale)
+    ok = mask == 0
+    n_kv = ok.shape[1]
+    first = ok.to(torch.uint8).argmax(1)
+    last = n_kv - 1 - ok.flip(1).to(torch.uint8).argmax(1)
+    out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
+
+    def block(r0: int, r1: int) -> None:
+        c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max()) + 1
+        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], mask[r0:r1, c0:c1], scale)
+
+    split.run([lambda a=r0, b=min(r0 + ATTEND_BLOCK, n): block(a, b) for r0 in range(0, n, ATTEND_BLOCK)])
+    return out
+
+
+def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     n, heads, d = q.shape
     n_kv, heads_kv, dv = V.shape
     g = heads // heads_kv

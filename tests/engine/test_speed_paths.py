@@ -189,3 +189,21 @@ def test_linear_many_takes_the_batched_path_for_several_rows():
     sc = ops.Scratch.for_weights(ws)
     for w, got in zip(ws, ops.linear_many(x, ws, sc)):
         torch.testing.assert_close(got, ops.linear(x, w, sc))
+
+
+@pytest.mark.parametrize("n,n_kv,window", [(300, 300, 0), (300, 420, 0), (257, 257, 100), (200, 600, 128)])
+def test_attend_in_blocks_matches_sdpa(n, n_kv, window):
+    """A long ubatch attends in blocks of query rows over only the cells they can see (causal, with
+    cached cells before it, with a sliding window) and gives what one SDPA call gives."""
+    g = torch.Generator().manual_seed(n + n_kv + window)
+    q = torch.randn(n, 6, 32, generator=g)
+    K, V = torch.randn(n_kv, 2, 32, generator=g), torch.randn(n_kv, 2, 32, generator=g)
+    qpos = torch.arange(n_kv - n, n_kv)[:, None]
+    kpos = torch.arange(n_kv)[None, :]
+    ok = kpos <= qpos
+    if window:
+        ok &= (qpos - kpos) < window
+    mask = torch.zeros(n, n_kv).masked_fill(~ok, float("-inf"))
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1), K.transpose(0, 1), V.transpose(0, 1),
+                                         attn_mask=mask, scale=0.2, enable_gqa=True).transpose(0, 1).reshape(n, -1)
+    torch.testing.assert_close(ops.attend(q, K, V, mask, 0.2), ref, rtol=1e-5, atol=1e-5)
