@@ -36,6 +36,7 @@ from typing import Callable
 
 from engine import protocol as P
 from engine.errors import CellarError
+from engine.oom import cgroup_memory_cap, oom_kill_counter, read_oom_kills
 
 S = P.EngineState
 
@@ -77,6 +78,7 @@ class EngineClient:
         self._last_heard = 0.0                  # monotonic time of the worker's last event
         self._hello = False
         self._hung: str | None = None           # why the current worker was declared hung
+        self._oom_file, self._oom_base = None, None   # the worker's cgroup OOM-kill counter at its start
         self.target = target                    # the process main; engine.worker.main by default
         self.events: queue.Queue = queue.Queue()
         self.name = name
@@ -144,6 +146,8 @@ class EngineClient:
                 proc.start()
             child.close()
             self._proc, self._conn, self.pid = proc, parent, proc.pid
+            self._oom_file = oom_kill_counter(proc.pid)
+            self._oom_base = read_oom_kills(self._oom_file)
             epoch = self._epoch
             self._pump_thread = threading.Thread(target=self._pump, args=(epoch, parent), name="engine-events",
                                                  daemon=True)
@@ -314,6 +318,23 @@ class EngineClient:
         except (OSError, AttributeError):
             pass
 
+    def _oom_killed(self) -> bool:
+        """Did the kernel's OOM killer act in the worker's memory cgroup since it started?"""
+        now = read_oom_kills(getattr(self, "_oom_file", None))
+        return now is not None and self._oom_base is not None and now > self._oom_base
+
+    def _model_words(self) -> str:
+        if self.last_load is None:
+            return ""
+        import os
+        try:
+            size = f"{os.path.getsize(self.last_load.path) / 2**20:.0f} MiB"
+        except OSError:
+            size = "unknown size"
+        cap = cgroup_memory_cap()
+        limit = f"; memory is limited to {cap / 2**20:.0f} MiB" if cap else ""
+        return f" with {os.path.basename(self.last_load.path)} ({size}) loaded{limit}"
+
     def _watch(self, epoch: int, proc) -> None:
         mp_wait([proc.sentinel])
         with self._lock:
@@ -328,6 +349,8 @@ class EngineClient:
         detail, sig = describe_exit(code)
         if self._hung:
             detail = f"{self._hung} and was stopped"
+        elif sig == "SIGKILL" and crashed and self._oom_killed():
+            detail = "ran out of memory and was killed by the system (SIGKILL)" + self._model_words()
         self.last_exit = (code, sig)
         pump = self._pump_thread
         if pump is not None and pump is not threading.current_thread():

@@ -88,3 +88,36 @@ def loading_error(exc: BaseException, path) -> OutOfMemory:
         size = "unknown size"
     return OutOfMemory(f"out of memory loading {p.name} ({size}): {limit_text()}; try a smaller --ctx, "
                        f"a smaller model, or close other programs")
+
+
+def oom_kill_counter(pid: int) -> Path | None:
+    """The file that counts OOM kills in the process's memory cgroup (v2 memory.events, v1
+    memory.oom_control), found while the process lives; None when there is none to read."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            f = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events"
+        elif "memory" in controllers.split(","):
+            f = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"
+        else:
+            continue
+        if read_oom_kills(f) is not None:
+            return f
+    return None
+
+
+def read_oom_kills(f: Path | None) -> int | None:
+    if f is None:
+        return None
+    try:
+        for line in f.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return None

@@ -174,3 +174,30 @@ def test_cli_run_out_of_memory_is_one_line(smollm2_path):
     assert r.returncode == 1 and len(lines) == 1, r.stderr[-2000:]
     assert lines[0].startswith(f"error: out of memory loading {os.path.basename(smollm2_path)} (94 MiB): "
                                f"the engine is capped at {cap / 2**20:.0f} MiB"), lines
+
+
+def test_oom_kill_is_told_apart_from_another_kill(tiny, monkeypatch, tmp_path):
+    """A SIGKILL while the worker's memory cgroup counted a new OOM kill is reported as out of memory,
+    naming the model. The kernel's counter is stood in for by a file (a real OOM kill is not provoked
+    on a shared machine); a plain SIGKILL with the counter unchanged stays a plain kill."""
+    import engine.client as C
+    counter = tmp_path / "memory.events"
+    counter.write_text("oom 0\noom_kill 3\n")
+    monkeypatch.setattr(C, "oom_kill_counter", lambda pid: counter)
+    for oom in (True, False):
+        client, rec = client_with()
+        try:
+            assert client.wait_state(S.IDLE, 60)
+            load(client, rec, tiny, ctx=256)
+            counter.write_text(f"oom 0\noom_kill {4 if oom else 3}\n")
+            os.kill(client.pid, signal.SIGKILL)
+            assert client.wait_state(S.CRASHED, 5)
+            err = crash_error(rec)
+            if oom:
+                assert err.message.startswith("the engine ran out of memory and was killed by the system (SIGKILL) "
+                                              f"with {tiny.name} ("), err.message
+            else:
+                assert err.message == "the engine was killed by SIGKILL (exit code -9); restart it to go on"
+        finally:
+            client.stop()
+            counter.write_text("oom 0\noom_kill 3\n")
