@@ -219,6 +219,9 @@ class Model:
             row += len(pp)
         n_kv = {c.name: c.n_kv() for c in self.kv.caches}
         step = Step(ids, p, sq, dict(zip(names, slots)), n_kv, {}, out_rows=out_rows, groups=groups)
+        # torch on one thread, as in _step (the kernels and ops' matmul split share out the work); a
+        # fixed count also keeps a chunk's matmul numbers the same from one step to the next
+        torch.set_num_threads(1)
         with torch.inference_mode():
             logits = self.net.forward(step, self.kv, self.scratch)
         for s, toks in batch:

@@ -83,6 +83,9 @@ class _Helpers:
             self.cond.notify(run.max_helpers)     # not all: helpers beyond the thread count stay asleep
 
     def _loop(self) -> None:
+        # torch's thread count is per thread: a new thread's matmuls would use every core's OpenMP
+        # team, so a chunk's numbers would depend on which thread took it (runs not repeatable)
+        torch.set_num_threads(1)
         seen = 0
         while True:
             with self.cond:
