@@ -382,8 +382,8 @@ class Model:
             idx = torch.from_numpy(cells)
             caches.append({"name": c.name, "layers": list(c.layers), "n_cells": c.n_cells, "idx": idx,
                            "pos": torch.from_numpy(c.pos[cells].copy()), "seq": torch.from_numpy(c.seq[cells].copy()),
-                           "k": [c.k[il].index_select(0, idx) for il in c.layers],
-                           "v": [c.v[il].index_select(0, idx) for il in c.layers]})
+                           "k": [_rows(c.k[il], idx) for il in c.layers],
+                           "v": [_rows(c.v[il], idx) for il in c.layers]})
         return {"cached": self.cached_tokens(seq_id), "caches": caches}
 
     def import_kv(self, seq_id: int, state) -> None:
@@ -404,11 +404,17 @@ class Model:
             c.shift[slots] = 0
             idx = torch.from_numpy(slots)
             for il, k, v in zip(cc.layers, cc.k, cc.v):
-                c.k[il].index_copy_(0, idx, k.to(c.dtype))
-                c.v[il].index_copy_(0, idx, v.to(c.dtype))
+                at = idx.to(c.k[il].device)             # offload: a resident layer's rows are on the GPU
+                c.k[il].index_copy_(0, at, k.to(c.k[il].device, c.dtype))
+                c.v[il].index_copy_(0, at, v.to(c.v[il].device, c.dtype))
             if len(slots):
                 c.head = (int(slots.max()) + 1) % c.n_cells
         self._cached[seq_id] = list(state.cached)
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows idx of a layer's K or V, as a host copy (the rows may be on the offload device)."""
+    return t.index_select(0, idx.to(t.device)).cpu()
 
 
 class _TextOut:

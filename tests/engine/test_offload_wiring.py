@@ -231,3 +231,18 @@ def test_cuda_vram_within_5_percent_of_nvml(smollm2_path):
     g.close()
     assert abs(plan.vram.total - used) <= 0.05 * used, (plan.vram.total, used)
     m.close()
+
+
+def test_a_session_saved_with_offload_restores_the_same_state(smollm2_path, tmp_path):
+    """Session save/restore reads and writes K/V rows where they live (resident layers on the device)."""
+    from engine import session
+    m = _load(smollm2_path, offload_device="cpu", gpu_layers=12)
+    ids = _prompt(m)
+    m.eval(ids)
+    session.save(m, tmp_path / "s.cellar", tokens=ids)
+    ref = m.eval([42])
+    m.reset()
+    info = session.load(m, tmp_path / "s.cellar")
+    assert list(info.tokens) == ids and m.cached_tokens() == ids
+    assert torch.equal(m.eval([42]), ref)
+    m.close()
