@@ -51,8 +51,8 @@ def rope_tables(g, h: Hparams) -> int:
 
 
 def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, str]]:
-    """(concern, what, bytes, note) of the CPU runtime beyond weights and KV rows. The warmup at load runs
-    one full ubatch, so the activations and attention below are reached (and kept) before the first reply."""
+    """(concern, what, bytes, note) of the CPU runtime beyond weights and KV rows. The activations and
+    attention below are those of one full ubatch, reached (and kept) by the first prompt that long."""
     ub = s.n_ubatch
     norms = sum(n for grp in layers for n, shape in grp.values() if len(shape) == 1)
     norms += sum(n for name, (n, shape) in output.items() if len(shape) == 1)
@@ -63,7 +63,7 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
         ("compute", "RoPE cos/sin tables", rope_tables(g, h) * s.ctx, f"f32, {s.ctx} positions"),
         ("compute", "norm weights (f32 copies)", norms, "private"),
         ("compute", f"activations ({ub} tokens)", int(ACT_FACTOR * F32 * ub * activation_floats_per_token(h)),
-         "f32, reached by the warmup"),
+         "f32, reached by the first full ubatch"),
         ("compute", f"attention ({ub} x {ub} cells)", attention_bytes(h, ub, ub), "scores, softmax, expanded K/V"),
         ("compute", "logits", 2 * F32 * h.n_vocab, "f32, last token"),
         ("overhead", "torch thread pools and kernels", TORCH_WARM, "measured once: after the first matmul"),

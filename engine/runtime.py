@@ -4,7 +4,7 @@
     r = model.generate(model.tokenizer.encode("Hello", add_special=True), 64, Sampler(params))
 
 At load every buffer a reply needs is allocated and touched: the KV caches, the dequantization
-scratch, and (with warmup) one full ubatch through the model, after which the cache is cleared.
+scratch, and (with warmup) a few tokens through both compute paths, after which the cache is cleared.
 Prompts are evaluated in ubatches; a prompt that shares a prefix with what its sequence already
 holds evaluates only the rest. When the context is full, the oldest half of the tokens after the
 first n_keep is dropped and the rest moved down (K re-rotated): generation never stops for room.
@@ -30,6 +30,7 @@ from engine.ops import Scratch
 from engine.tokenizer import load_tokenizer
 
 Progress = Callable[[float, str], None]
+WARMUP_TOKENS = 16               # more than ops.GEMV_MAX_ROWS: the warmup runs the batched path too
 
 
 @dataclass
@@ -100,7 +101,10 @@ class Model:
         self._n_keep: dict[int, int] = {}
         if opts.warmup:
             report(0.85, "warming up")
-            self.eval([self.tokenizer.bos_id if (self.tokenizer.bos_id or -1) >= 0 else 0] * self.n_ubatch)
+            # a few tokens take both paths (GEMV and batched matmul) and start their threads; a full
+            # ubatch would add seconds to every load for allocations the first long prompt makes anyway
+            bos = self.tokenizer.bos_id if (self.tokenizer.bos_id or -1) >= 0 else 0
+            self.eval([bos] * min(self.n_ubatch, WARMUP_TOKENS))
             self.reset()
         report(1.0, "ready")
 
