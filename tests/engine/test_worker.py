@@ -39,10 +39,12 @@ def test_stream_then_cancel_midway(engine):
     client.send(P.Snapshot())                    # answered between tokens, mid-reply
     snap = rec.wait_for(lambda e: isinstance(e, P.KVSnapshot), 10, mark).snapshot
     assert snap["used"] >= len(rec.of(P.Token, mark)) and snap["total"] == 512
+    n_at_cancel = len(rec.of(P.Token, mark))
     t0 = time.perf_counter()
     client.cancel("c1")
     assert client.wait_state(P.EngineState.IDLE, 5)
     latency = time.perf_counter() - t0
+    print(f"cancel to idle: {latency * 1000:.0f} ms")      # a figure for the notes, not a pass mark
     done = rec.done("c1", 5, mark)
     assert done.stop_reason == "cancelled"
     tokens = rec.of(P.Token, mark)
@@ -50,7 +52,9 @@ def test_stream_then_cancel_midway(engine):
     assert "".join(t.text for t in tokens) == done.text
     kinds = [type(e) for e in rec.events[mark:]]
     assert kinds.index(P.KVSnapshot) < kinds.index(P.GenerationDone)     # the snapshot came mid-reply
-    assert latency < 0.25, f"cancel to idle took {latency * 1000:.0f} ms"
+    # honoured between tokens: at most the token being computed and one already in the pipe follow
+    # (counted in tokens, not milliseconds, so a busy machine cannot fail it)
+    assert done.n_tokens - n_at_cancel <= 3, (n_at_cancel, done.n_tokens, f"{latency * 1000:.0f} ms")
 
 
 def test_cancel_during_prefill(engine):
