@@ -1,0 +1,93 @@
+"""Following llama.cpp's greedy continuations (tests/data/greedy_refs.json) with Cellar's runtime.
+
+    refs = load_refs(); r = follow(model, refs.prompt("smollm2", "plain"), refs.run("smollm2", "f16", "plain"))
+    r.first_flip (None when identical), r.flips [(step, ref_id, our_id, peer_margin)]
+
+Cellar generates greedily; where its token differs from llama.cpp's, the peer's own logits say how
+close the two tokens were there (the margin), and generation resumes from the reference's token
+(the runtime's prompt reuse evaluates only the new tokens), so one flip at a near-tie does not hide
+the rest of the continuation.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.sampling import Sampler, SamplingParams
+
+REFS_PATH = Path(__file__).resolve().parents[1] / "data" / "greedy_refs.json"
+
+
+class Refs:
+    def __init__(self, doc: dict):
+        self.doc = doc
+
+    def prompt(self, model: str, case: str) -> list[int]:
+        return self.doc["models"][model]["prompts"][case]
+
+    def cases(self, model: str) -> list[str]:
+        return list(self.doc["models"][model]["prompts"])
+
+    def run(self, model: str, kv_type: str, case: str) -> dict:
+        return self.doc["models"][model]["kv"][kv_type]["runs"][case]
+
+
+def load_refs() -> Refs:
+    return Refs(json.loads(REFS_PATH.read_text()))
+
+
+@dataclass
+class Follow:
+    n: int                                        # tokens compared
+    flips: list[tuple[int, int, int, float]] = field(default_factory=list)
+
+    @property
+    def first_flip(self) -> int | None:
+        return self.flips[0][0] if self.flips else None
+
+    @property
+    def matched_prefix(self) -> int:
+        """Tokens identical to llama.cpp's before the first difference."""
+        return self.n if not self.flips else self.flips[0][0]
+
+    @property
+    def max_margin(self) -> float:
+        return max((f[3] for f in self.flips), default=0.0)
+
+
+def peer_margin(top: list[list], ours: int) -> float:
+    """How far llama.cpp's logit for `ours` was below its own pick (inf when not in its top 5)."""
+    best = top[0][1]
+    for tid, logit in top:
+        if tid == ours:
+            return best - logit
+    return math.inf
+
+
+def follow(model, prompt: list[int], ref: dict, max_flips: int = 4) -> Follow:
+    """Cellar's greedy continuation of prompt checked against ref ({"tokens", "top"})."""
+    want = ref["tokens"]
+    greedy = Sampler(SamplingParams(temperature=0.0))
+    out = Follow(len(want))
+    model.reset()
+    pos = 0
+    while pos < len(want):
+        r = model.generate(prompt + want[:pos], len(want) - pos, greedy)
+        got = r.tokens
+        j = next((i for i, (a, b) in enumerate(zip(got, want[pos:])) if a != b), None)
+        if j is None and len(got) < len(want) - pos:       # stopped at an end-of-generation token
+            if model.tokenizer.is_eog(want[pos + len(got)]):
+                pos += len(got) + 1                         # llama.cpp's loop went on past it: so do we
+                continue
+            j = len(got)
+        if j is None:
+            break
+        step = pos + j
+        ours = got[j] if j < len(got) else model.tokenizer.eos_id
+        out.flips.append((step, want[step], ours, peer_margin(ref["top"][step], ours)))
+        if len(out.flips) >= max_flips:
+            break
+        pos = step + 1
+    return out
