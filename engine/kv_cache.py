@@ -242,8 +242,9 @@ class KVCache:
 
     def read_cells(self, il: int, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the given cells (int64 indices), in that order, as f32."""
-        return (self._load(self.k[il].index_select(0, cells), self.k_width),
-                self._load(self.v[il].index_select(0, cells), self.v_width))
+        at = cells.to(self.k[il].device)          # offload: a resident layer's rows are on the GPU
+        return (self._load(self.k[il].index_select(0, at), self.k_width),
+                self._load(self.v[il].index_select(0, at), self.v_width))
 
     def apply_shift(self, rope_shift: RopeShift) -> None:
         """Re-rotate K of every cell that seq_add moved, by the distance it moved."""

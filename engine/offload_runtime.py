@@ -204,6 +204,14 @@ class OffloadStep:
             out.append(cache._load(cells, width))
         return out[0], out[1]
 
+    def store(self, cache, il: int, slots: np.ndarray, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [n, width] of layer il in `slots` where its cache lives, now (for attention that
+        gathers each sequence's cells itself: Model.eval_batch); a streamed layer's rows go home at once."""
+        dev = cache.k[il].device
+        idx = self.on(slots, dev)
+        cache.k[il].index_copy_(0, idx, cache._store(k).to(dev))
+        cache.v[il].index_copy_(0, idx, cache._store(v).to(dev))
+
     @property
     def output_device(self) -> torch.device:
         return self.off.output_device

@@ -138,7 +138,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
     n_head_kv = k.shape[1]
     name = cache.name
     if step.groups is not None:
-        cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
+        if step.placed is None:
+            cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
+        else:                                 # offload: rows stored where layer il's cache lives
+            step.placed.store(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
         return attention_by_sequence(q, cache, il, step.groups[name], n_head_kv, scale)
     mask = step.masks[name]
     if step.placed is None:
@@ -158,6 +161,7 @@ def attention_by_sequence(q: torch.Tensor, cache: KVCache, il: int, groups, n_he
     out = []
     for r0, r1, cells, mask in groups:
         K, V = cache.read_cells(il, cells)
+        K, V, mask = K.to(q.device), V.to(q.device), mask.to(q.device)     # no-ops unless offloaded
         out.append(attend(q[r0:r1], K.view(-1, n_head_kv, cache.k_width // n_head_kv),
                           V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale))
     return out[0] if len(out) == 1 else torch.cat(out)

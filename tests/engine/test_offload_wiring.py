@@ -246,3 +246,18 @@ def test_a_session_saved_with_offload_restores_the_same_state(smollm2_path, tmp_
     assert list(info.tokens) == ids and m.cached_tokens() == ids
     assert torch.equal(m.eval([42]), ref)
     m.close()
+
+
+@pytest.mark.parametrize("gpu_layers", [12, SMOL_LAYERS])
+def test_batched_decode_of_several_sequences_with_offload(smollm2_path, gpu_layers):
+    """Model.eval_batch (the server's several sequences in one step) gives the CPU's logits with layers
+    offloaded, streamed for the big first step and resident or on the CPU for the decode steps."""
+    ref, off = _load(smollm2_path, n_seq=2), _load(smollm2_path, n_seq=2, offload_device="cpu", gpu_layers=gpu_layers)
+    ids = _prompt(ref)
+    steps = [[(0, ids[:20]), (1, ids[20:])], [(0, [42]), (1, [7])], [(1, [9]), (0, [11])]]
+    for batch in steps:
+        assert torch.equal(off.eval_batch(batch), ref.eval_batch(batch))
+    if gpu_layers < SMOL_LAYERS:
+        assert off.offload.streamer.stats.layers >= SMOL_LAYERS - gpu_layers
+    ref.close()
+    off.close()
