@@ -110,6 +110,7 @@ def as_f32(w: QTensor) -> torch.Tensor:
 
 
 ATTEND_BLOCK = 128         # query rows per attention task at prefill
+ATTEND_SCORES = ATTEND_BLOCK * 512     # query rows x cells per task: bounds the scores a task holds
 
 
 def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -120,7 +121,8 @@ def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor
     faster than scaled_dot_product_attention with a mask (and than its flash kernel with is_causal),
     at prefill and at decode alike: the queries sharing a K/V head become one matrix.
 
-    A long ubatch runs in blocks of query rows, shared between threads (engine/split.py); each block
+    A long ubatch runs in blocks of query rows (fewer the more cells there are), shared between threads
+    (engine/split.py); each block
     reads only the cells between its rows' first and last visible ones (a causal prompt skips the
     upper triangle, a sliding window the cells behind it)."""
     n = q.shape[0]
@@ -136,7 +138,10 @@ def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor
         c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max()) + 1
         out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], mask[r0:r1, c0:c1], scale)
 
-    split.run([lambda a=r0, b=min(r0 + ATTEND_BLOCK, n): block(a, b) for r0 in range(0, n, ATTEND_BLOCK)])
+    # fewer rows per task as the cells grow, so a task's scores stay the size they have at 512 cells
+    # and the peak RSS of a prompt at a full context stays that of its first ubatch
+    rows = max(16, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
+    split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in range(0, n, rows)])
     return out
 
 
