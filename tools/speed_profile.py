@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Where a decode or prefill step spends its time, by kind of work (cProfile of the calling thread).
+
+    python tools/speed_profile.py MODEL.gguf --mode decode --n 64 [--threads 2]
+    python tools/speed_profile.py MODEL.gguf --mode prefill --n 512
+
+Kinds: native GEMV (decode's quantized dot products, waiting for pool workers included), native
+dequantization, torch matmul (prefill's chunks on this thread), attention (batched matmuls and
+softmax), waiting for split helpers, other torch ops, and Python (interpreter time in our code).
+For a native call the wall time is attributed to it, whichever thread did the work.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+KINDS = [  # (kind, predicate on (file, function name))
+    ("native GEMV", lambda f, n: f.endswith("kernels.py") and n in ("gemv", "gemv_many")),
+    ("native dequantize", lambda f, n: f.endswith("kernels.py") and n == "dequantize_into"),
+    ("torch matmul (linear chunks)", lambda f, n: n == "<built-in method torch.mm>"),
+    ("attention (bmm, softmax)", lambda f, n: n in ("<built-in method torch.bmm>", "<method 'softmax' of 'torch._C.TensorBase' objects>")),
+    ("waiting for split helpers", lambda f, n: n == "<method 'acquire' of '_thread.lock' objects>" or n == "wait"),
+    ("other torch ops", lambda f, n: f == "~" and ("torch" in n or "Tensor" in n)),
+]
+
+
+def breakdown(stats: pstats.Stats) -> dict[str, float]:
+    out = {k: 0.0 for k, _ in KINDS}
+    out["Python and the rest"] = 0.0
+    for (file, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
+        for kind, pred in KINDS:
+            if pred(file, name):
+                out[kind] += tottime
+                break
+        else:
+            out["Python and the rest"] += tottime
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--mode", choices=["decode", "prefill"], default="decode")
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    from engine.runtime import LoadOptions, Model
+    m = Model.load(a.model, LoadOptions(ctx=max(1024, a.n + 64), threads=a.threads))
+    ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 200, add_special=True)
+    ids = (ids * (a.n // len(ids) + 2))[: a.n + 16]
+    pr = cProfile.Profile()
+    if a.mode == "prefill":
+        m.eval(ids[:16])
+        m.reset()
+        t = time.perf_counter()
+        pr.enable()
+        m.eval(ids[: a.n])
+        pr.disable()
+    else:
+        m.eval(ids[:16])
+        t = time.perf_counter()
+        pr.enable()
+        for tok in ids[16:16 + a.n]:
+            m.eval([tok])
+        pr.disable()
+    wall = time.perf_counter() - t
+    parts = breakdown(pstats.Stats(pr))
+    total = sum(parts.values())
+    print(f"{a.mode} {a.n} tokens, {a.threads} threads: {a.n / wall:.1f} tok/s ({wall:.2f} s)")
+    for kind, sec in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<30} {sec:7.3f} s  {100 * sec / total:5.1f} %")
+
+
+if __name__ == "__main__":
+    main()
