@@ -14,7 +14,10 @@ step of every prompt): the gap between the top two tokens differs from llama.cpp
 own gap there must be below NEAR_TIE (a near-tie within that noise), and generation resumes from
 llama.cpp's token to check the rest of the continuation:
 - f16 KV: identical for MIN_MATCH tokens, or the first difference at a near-tie;
-- every difference, on every path (bf16/q8_0 KV add their own rounding), at a near-tie;
+- every difference, on every path, at a near-tie. With q8_0 KV llama.cpp runs flash attention, which
+  quantizes Q to q8_0 for its dot with K (Cellar dequantizes K and keeps Q in f32): the gap noise is
+  wider there (median 0.11 / 0.14, 99th percentile 0.72 / 0.73, largest 0.89 / 0.84 over 200 / 240
+  steps), so q8_0 takes NEAR_TIE_Q8;
 - at most MAX_FLIPS differences in a continuation.
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ REFS = load_refs()
 CTX = 1024
 MIN_MATCH = 32                 # identical tokens before any difference, f16 KV
 NEAR_TIE = 0.3                 # llama.cpp's logit gap (its pick minus ours) allowed where a token differs
+NEAR_TIE_Q8 = 1.0              # ... with q8_0 KV (see the module docstring)
 MAX_FLIPS = 3
 PATHS = {                      # name: (load options, the KV type of the reference)
     "default": ({}, "f16"),
@@ -86,7 +90,7 @@ def _check(loaded, model: str, path: str, cases=None) -> dict:
     for case, r in res.items():
         where = f"{model}/{path}/{case}: (identical prefix, compared, [(step, llama.cpp gap)]) {summary}"
         assert len(r.flips) <= MAX_FLIPS, where
-        assert r.max_margin < NEAR_TIE, where
+        assert r.max_margin < (NEAR_TIE_Q8 if kv == "q8_0" else NEAR_TIE), where
         if kv == "f16":
             assert r.matched_prefix >= MIN_MATCH or r.flips[0][3] < NEAR_TIE, where
     return summary
