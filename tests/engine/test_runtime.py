@@ -32,7 +32,7 @@ import pytest
 
 from engine.pull import KNOWN
 from engine.runtime import LoadOptions, Model
-from tests.engine.greedy_check import follow, load_refs
+from tests.engine.greedy_check import follow, load_refs, peer_margin
 
 ROOT = Path(__file__).resolve().parents[2]
 REFS = load_refs()
@@ -119,7 +119,6 @@ def test_gemma3_greedy_matches_llamacpp(loaded, path):
 
 
 def test_peer_margin_tells_a_near_tie_from_a_clear_choice():
-    from tests.engine.greedy_check import peer_margin
     top = [[5, 10.0], [7, 9.95], [9, 8.0]]
     assert peer_margin(top, 5) == 0.0
     assert peer_margin(top, 7) == pytest.approx(0.05)
@@ -140,7 +139,11 @@ def _check_run_json(model: str, path, n: int) -> None:
     out = json.loads(r.stdout)
     assert {"prompt_tokens", "tokens", "text", "n_eval", "peak_rss_mib", "tok_s"} <= set(out)
     assert out["prompt_tokens"] == len(REFS.prompt(model, "plain"))
-    assert out["tokens"] == REFS.run(model, "f16", "plain")["tokens"][:n]        # llama.cpp's greedy ids
+    ref = REFS.run(model, "f16", "plain")                  # llama.cpp's greedy ids, to a near-tie
+    got = out["tokens"]
+    assert len(got) == n
+    j = next((i for i, (a, b) in enumerate(zip(got, ref["tokens"])) if a != b), None)
+    assert j is None or (j >= 8 and peer_margin(ref["top"][j], got[j]) < NEAR_TIE), (j, got, ref["tokens"][:n])
     from engine.gguf import GGUFFile
     from engine.tokenizer import load_tokenizer
     tok = load_tokenizer(GGUFFile.open(path, read_data=False))
