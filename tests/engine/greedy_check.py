@@ -91,3 +91,17 @@ def follow(model, prompt: list[int], ref: dict, max_flips: int = 4) -> Follow:
             break
         pos = step + 1
     return out
+
+
+def gap_errors(model, prompt: list[int], ref: dict) -> list[float]:
+    """With llama.cpp's tokens fed back, at every step: |(our logit gap between llama.cpp's top two)
+    - (llama.cpp's gap)|. Greedy ids hide errors that never flip a token; this sees them."""
+    model.reset()
+    logits = model.eval(prompt)
+    out = []
+    for i, tok in enumerate(ref["tokens"]):
+        (a, la), (b, lb) = ref["top"][i][:2]
+        out.append(abs(float(logits[a] - logits[b]) - (la - lb)))
+        if i < len(ref["tokens"]) - 1:
+            logits = model.eval([tok])
+    return out
