@@ -71,10 +71,14 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
 
 
 def full_context_extra(h: Hparams, s) -> int:
-    """What attention adds over the load-time peak once prompts fill the context: a ubatch attending over
-    every cell of a global layer (allocated then, not at load)."""
+    """What attention adds over the first full ubatch's peak once prompts fill the context. The runtime's
+    attention (engine/ops.py attend) takes fewer query rows per task as the cells grow, so its scores stay
+    the size they have at 512 cells; what grows is the f32 mask [ubatch, ctx] and each layer's K and V
+    read as f32 [ctx, width]."""
     ub = s.n_ubatch
-    return max(0, attention_bytes(h, ub, s.ctx) - attention_bytes(h, ub, ub))
+    k, v = max(h.kv_width(il) for il in range(h.n_layer))
+    grow = max(0, s.ctx - ub)
+    return F32 * grow * (ub + k + v)
 
 
 def gpu_plan(g, h: Hparams, s, layers, output, rows, ram, vram) -> None:
