@@ -52,7 +52,7 @@ def rope_tables(g, h: Hparams) -> int:
 
 def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, str]]:
     """(concern, what, bytes, note) of the CPU runtime beyond weights and KV rows. The activations and
-    attention below are those of one full ubatch, reached (and kept) by the first prompt that long."""
+    attention below are those of one full ubatch, reached at load by the warmup (engine/runtime.py)."""
     ub = s.n_ubatch
     norms = sum(n for grp in layers for n, shape in grp.values() if len(shape) == 1)
     norms += sum(n for name, (n, shape) in output.items() if len(shape) == 1)
@@ -63,7 +63,7 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
         ("compute", "RoPE cos/sin tables", rope_tables(g, h) * s.ctx, f"f32, {s.ctx} positions"),
         ("compute", "norm weights (f32 copies)", norms, "private"),
         ("compute", f"activations ({ub} tokens)", int(ACT_FACTOR * F32 * ub * activation_floats_per_token(h)),
-         "f32, reached by the first full ubatch"),
+         "f32, reached by the warmup at load"),
         ("compute", f"attention ({ub} x {ub} cells)", attention_bytes(h, ub, ub), "scores, softmax, expanded K/V"),
         ("compute", "logits", 2 * F32 * h.n_vocab, "f32, last token"),
         ("overhead", "torch thread pools and kernels", TORCH_WARM, "measured once: after the first matmul"),
@@ -71,7 +71,7 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
 
 
 def full_context_extra(h: Hparams, s) -> int:
-    """What attention adds over the first full ubatch's peak once prompts fill the context. The runtime's
+    """What attention adds over the warmup's (one full ubatch) peak once prompts fill the context. The runtime's
     attention (engine/ops.py attend) takes fewer query rows per task as the cells grow, so its scores stay
     the size they have at 512 cells; what grows is the f32 mask [ubatch, ctx] and each layer's K and V
     read as f32 [ctx, width]."""

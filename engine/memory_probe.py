@@ -49,11 +49,6 @@ def _peak(model: str, ctx: int, mmap: bool, kv_type: str, n: int, threads: int |
     from engine.sampling import Sampler, SamplingParams
     m = Model.load(model, LoadOptions(ctx=ctx, mmap=mmap, kv_type=kv_type, threads=threads))
     after_load = _maxrss()
-    # the planner's peak holds one full ubatch of activations: reached by the first prompt that long
-    # (the load's warmup runs only a few tokens), so the probe runs one before the short prompt
-    bos = m.tokenizer.bos_id if (m.tokenizer.bos_id or -1) >= 0 else 0
-    m.eval([bos] * m.n_ubatch)
-    m.reset()
     ids = m.tokenizer.encode(PROMPT, add_special=True)
     if fill:                            # a prompt that leaves room for only the n generated tokens
         ids = (ids * (ctx // len(ids) + 1))[:ctx - n - 1]

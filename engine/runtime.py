@@ -4,7 +4,8 @@
     r = model.generate(model.tokenizer.encode("Hello", add_special=True), 64, Sampler(params))
 
 At load every buffer a reply needs is allocated and touched: the KV caches, the dequantization
-scratch, and (with warmup) a few tokens through both compute paths, after which the cache is cleared.
+scratch, and (with warmup) one full ubatch through the model, after which the cache is cleared: the
+peak the memory plan shows is reached at load, not by the first long prompt.
 Prompts are evaluated in ubatches; a prompt that shares a prefix with what its sequence already
 holds evaluates only the rest. When the context is full, the oldest half of the tokens after the
 first n_keep is dropped and the rest moved down (K re-rotated): generation never stops for room.
@@ -30,7 +31,6 @@ from engine.ops import Scratch
 from engine.tokenizer import load_tokenizer
 
 Progress = Callable[[float, str], None]
-WARMUP_TOKENS = 16               # more than ops.GEMV_MAX_ROWS: the warmup runs the batched path too
 
 
 @dataclass
@@ -101,10 +101,11 @@ class Model:
         self._n_keep: dict[int, int] = {}
         if opts.warmup:
             report(0.85, "warming up")
-            # a few tokens take both paths (GEMV and batched matmul) and start their threads; a full
-            # ubatch would add seconds to every load for allocations the first long prompt makes anyway
+            # one full ubatch: the activations and attention scratch of the largest step are reached now
+            # (the memory plan's peak), so a first long prompt does not find the memory gone; it costs
+            # a prefill of n_ubatch tokens at every load (load_s in `cellar bench` includes it)
             bos = self.tokenizer.bos_id if (self.tokenizer.bos_id or -1) >= 0 else 0
-            self.eval([bos] * min(self.n_ubatch, WARMUP_TOKENS))
+            self.eval([bos] * self.n_ubatch)
             self.reset()
         report(1.0, "ready")
 
