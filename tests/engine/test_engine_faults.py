@@ -101,17 +101,18 @@ def test_stopped_worker_mid_reply_is_reported_hung_and_a_later_request_restarts_
 
 @pytest.mark.slow
 def test_busy_worker_is_not_taken_for_hung(smollm2_path):
-    """A long prefill keeps the main thread busy for seconds; the reader thread still answers pings.
+    """A long prefill (~3300 tokens, several ubatches; seconds even on an idle machine) keeps the main thread
+    busy; the reader thread still answers pings.
     (Loading is not held to 1 s: importing torch and building a tokenizer hold the GIL for seconds,
     which is why the default hang timeout is 45 s.)"""
     client, rec = client_with(ping_interval=0.1)
     try:
         assert client.wait_state(S.IDLE, 60)
-        load(client, rec, smollm2_path, ctx=1024, ubatch=512, batch=512)
+        load(client, rec, smollm2_path, ctx=4096, ubatch=512, batch=512)
         client.hang_timeout = 1.5
         mark = rec.mark()
         t0 = time.monotonic()
-        client.send(P.Generate("b1", prompt="The quick brown fox jumps over the lazy dog. " * 50, max_tokens=8,
+        client.send(P.Generate("b1", prompt="The quick brown fox jumps over the lazy dog. " * 300, max_tokens=8,
                                temperature=0.0))
         done = rec.done("b1", 300, mark)
         took = time.monotonic() - t0
