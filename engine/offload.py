@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from engine.quant import GGMLType, QTensor
+from engine.quant import BlockShape, GGMLType, QTensor
 
 STREAM_MIN_BATCH = 32          # llama.cpp's threshold for sending host weights to the GPU
 SLOT_ALIGN = 256               # byte alignment of each tensor inside a packed layer
@@ -127,30 +127,13 @@ def pack_layer(layer: int, tensors: Mapping[str, QTensor], align: int = SLOT_ALI
 
 
 @dataclass
-class SlotTensor:
+class SlotTensor(BlockShape):
     """A weight whose raw blocks live in a backend buffer (a VRAM slot or a resident layer buffer).
     Same fields as QTensor; `data` is a uint8 tensor/array view on the buffer."""
     name: str
     qtype: GGMLType
     shape: tuple[int, ...]
     data: Any
-
-    @property
-    def rows(self) -> int:
-        return prod(self.shape[:-1])
-
-    @property
-    def cols(self) -> int:
-        return self.shape[-1]
-
-    @property
-    def row_bytes(self) -> int:
-        from engine.quant import row_nbytes
-        return row_nbytes(self.qtype, self.cols)
-
-    @property
-    def nbytes(self) -> int:
-        return self.rows * self.row_bytes
 
 
 # ---- what the offload path allocates (the memory planner models it from these) ------------------------

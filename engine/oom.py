@@ -39,20 +39,23 @@ def address_space_cap() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def cgroup_memory_cap(pid: int | str = "self") -> int | None:
-    """The memory limit of the process's cgroup (v2 memory.max or v1 memory.limit_in_bytes), None if none."""
+def _cgroup_memory_files(pid: int | str, v2_name: str, v1_name: str):
+    """The process's memory-cgroup files named v2_name (cgroup v2) or v1_name (v1's memory controller)."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
-        return None
+        return
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            f = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"
+            yield Path("/sys/fs/cgroup") / path.lstrip("/") / v2_name
         elif "memory" in controllers.split(","):
-            f = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"
-        else:
-            continue
+            yield Path("/sys/fs/cgroup/memory") / path.lstrip("/") / v1_name
+
+
+def cgroup_memory_cap(pid: int | str = "self") -> int | None:
+    """The memory limit of the process's cgroup (v2 memory.max or v1 memory.limit_in_bytes), None if none."""
+    for f in _cgroup_memory_files(pid, "memory.max", "memory.limit_in_bytes"):
         try:
             v = f.read_text().strip()
         except OSError:
@@ -93,18 +96,7 @@ def loading_error(exc: BaseException, path) -> OutOfMemory:
 def oom_kill_counter(pid: int) -> Path | None:
     """The file that counts OOM kills in the process's memory cgroup (v2 memory.events, v1
     memory.oom_control), found while the process lives; None when there is none to read."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            f = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events"
-        elif "memory" in controllers.split(","):
-            f = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"
-        else:
-            continue
+    for f in _cgroup_memory_files(pid, "memory.events", "memory.oom_control"):
         if read_oom_kills(f) is not None:
             return f
     return None

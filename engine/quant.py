@@ -397,13 +397,10 @@ def dequantize_torch(raw, qtype, shape, dtype: torch.dtype | None = None) -> tor
     return out.reshape(shape).to(dtype, copy=out.data_ptr() == raw.data_ptr())
 
 
-@dataclass
-class QTensor:
-    """A weight kept in its GGUF block layout. shape is torch order; data the raw uint8 blocks."""
-    name: str
+class BlockShape:
+    """Rows, columns and byte sizes of a matrix of GGUF blocks (needs `qtype` and torch-order `shape`)."""
     qtype: GGMLType
     shape: tuple[int, ...]
-    data: np.ndarray
 
     @property
     def rows(self) -> int:
@@ -420,6 +417,15 @@ class QTensor:
     @property
     def nbytes(self) -> int:
         return self.rows * self.row_bytes
+
+
+@dataclass
+class QTensor(BlockShape):
+    """A weight kept in its GGUF block layout. shape is torch order; data the raw uint8 blocks."""
+    name: str
+    qtype: GGMLType
+    shape: tuple[int, ...]
+    data: np.ndarray
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         return dequantize_torch(self.data, self.qtype, self.shape, dtype)
