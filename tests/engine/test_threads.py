@@ -24,7 +24,9 @@ def probe(model, *counts: int) -> list[dict]:
 def test_one_thread_means_one_thread(smollm2_path):
     (one,) = probe(smollm2_path, 1)
     assert one["generating_max"] <= one["before"] + 3, one      # main, and no pools at all
-    assert one["runnable_p99"] == 1 and one["busy"] == 1, one
+    # one thread runs: never two runnable at once, and the main thread did the work (a native helper left
+    # from load may take a scheduler tick or two, ~1% of the generation, which "busy" alone cannot tell)
+    assert one["runnable_p99"] == 1 and one["main_share"] >= 0.95, one
 
 
 @pytest.mark.slow

@@ -93,9 +93,11 @@ def main(path: str, counts: list[int]) -> None:
             m.generate(prompt, 24, Sampler(SamplingParams(temperature=0.0)),
                        on_token=lambda _i, _p: seen.append(len(tasks())))
         ticks1 = cpu_ticks()
-        busy = sum(1 for k, v in ticks1.items() if v - ticks0.get(k, 0) >= 2)
+        used = {k: v - ticks0.get(k, 0) for k, v in ticks1.items()}
+        busy = sum(1 for v in used.values() if v >= 2)
+        main_share = used.get(str(threading_native_id()), 0) / max(1, sum(used.values()))
         print(json.dumps({"threads": t, "before": before, "loaded": loaded, "generating_max": max(seen),
-                          "busy": busy, "runnable_max": max(rs.samples), "runnable_p99": rs.quantile(0.99),
+                          "busy": busy, "main_share": round(main_share, 3), "runnable_max": max(rs.samples), "runnable_p99": rs.quantile(0.99),
                           "samples": len(rs.samples)}), flush=True)
 
 
