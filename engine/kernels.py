@@ -51,6 +51,12 @@ def _load_library():
     for name in ("cellar_gemv", "cellar_gemv_multi", "cellar_dequant", "cellar_supports", "cellar_set_isa", "cellar_isa",
                  "cellar_isa_best", "cellar_set_threads", "cellar_threads"):
         getattr(lib, name).restype = i32
+    if hasattr(lib, "cellar_gemm_multi"):     # prefill GEMM (native/src/gemm_run.c)
+        lib.cellar_gemm_multi.argtypes = [i32, vp, vp, vp, vp, i64, vp, i32, i64, vp, vp]
+        lib.cellar_gemm_multi.restype = i32
+        lib.cellar_gemm_tiled.argtypes = [i32]
+        lib.cellar_gemm_tiled.restype = i32
+        lib.cellar_gemm_buffer_bytes.restype = i64
     return lib
 
 
@@ -216,6 +222,68 @@ def gemv_many(ws: list[QTensor], x: torch.Tensor) -> list[torch.Tensor]:
     if rc != 0:
         raise RuntimeError(f"{ws[0].name}: native gemv failed ({'out of memory' if rc == -2 else 'bad shape'})")
     return outs
+
+
+# ---- prefill GEMM ------------------------------------------------------------------------------
+_GEMM_TYPES = frozenset({GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
+                         GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K})
+
+
+def has_gemm() -> bool:
+    return _lib is not None and hasattr(_lib, "cellar_gemm_multi")
+
+
+def gemm_supported(w: QTensor) -> bool:
+    """Whether gemm() runs natively for w (a quantized type; float types take the matmul)."""
+    return has_gemm() and GGMLType(w.qtype) in _GEMM_TYPES
+
+
+def gemm_tiled(w: QTensor) -> bool:
+    """Whether the path in use has a tile kernel for w's type (else the GEMM runs the GEMV's dot per
+    pair: exact, but slower than dequantize + matmul)."""
+    return gemm_supported(w) and bool(_lib.cellar_gemm_tiled(int(w.qtype)))
+
+
+def gemm_buffer_bytes() -> int:
+    """Bytes of the calling thread's GEMM activation buffer (the largest ubatch's quantized x so far)."""
+    return int(_lib.cellar_gemm_buffer_bytes()) if has_gemm() else 0
+
+
+def gemm_many(ws: list[QTensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """[x @ W.T for W in ws] for a batch x f32 [n, cols] (prefill), on the raw blocks: x quantized once
+    (as the GEMV does) and the tiles of all the weights shared between the threads in one job. Every
+    output is bitwise what gemv() gives for that row of x."""
+    if not has_gemm():
+        raise RuntimeError("native GEMM not available")
+    if not 1 <= len(ws) <= MULTI_MAX:
+        raise ValueError(f"gemm_many takes 1..{MULTI_MAX} weights, got {len(ws)}")
+    args = [_native_args(w) for w in ws]
+    cols = args[0][4]
+    if any(a[4] != cols for a in args):
+        raise ValueError("gemm_many: the weights must have the same number of columns")
+    for w in ws:
+        if GGMLType(w.qtype) not in _GEMM_TYPES:
+            raise ValueError(f"{w.name}: the GEMM takes quantized types, not {GGMLType(w.qtype).name}")
+    _check_f32_rows(x, "x", cols)
+    if x.dim() != 2:
+        raise ValueError(f"x must be [n, {cols}], got {list(x.shape)}")
+    n, k = x.shape[0], len(ws)
+    outs = [torch.empty(n, a[3], dtype=torch.float32) for a in args]
+    if n == 0:
+        return outs
+    rc = _lib.cellar_gemm_multi(
+        k, (ctypes.c_int * k)(*[a[0] for a in args]), (ctypes.c_void_p * k)(*[a[1] for a in args]),
+        (ctypes.c_int64 * k)(*[a[2] for a in args]), (ctypes.c_int64 * k)(*[a[3] for a in args]), cols,
+        x.data_ptr(), n, x.stride(0), (ctypes.c_void_p * k)(*[o.data_ptr() for o in outs]),
+        (ctypes.c_int64 * k)(*[a[3] for a in args]))
+    if rc != 0:
+        raise RuntimeError(f"{ws[0].name}: native gemm failed ({'out of memory' if rc == -2 else 'bad shape'})")
+    return outs
+
+
+def gemm(w: QTensor, x: torch.Tensor) -> torch.Tensor:
+    """x @ W.T for a batch x f32 [n, cols] on the raw blocks; bitwise equal to gemv(w, x)."""
+    return gemm_many([w], x)[0]
 
 
 def dequantize_into(w: QTensor, out: torch.Tensor, row0: int = 0, row1: int | None = None, *,

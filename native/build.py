@@ -20,6 +20,8 @@ SRC = HERE / "src"
 LIB_NAME = "libcellar_kernels.so"
 KERNEL_SOURCES = ("q32.c", "qk.c", "qfloat.c")
 COMMON_SOURCES = ("dispatch.c", "pool.c")
+KERNEL_SOURCES += ("gemm.c",)          # prefill tiles
+COMMON_SOURCES += ("gemm_run.c",)
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 # (ISA number in common.h, flags); the scalar build uses the compiler's baseline only

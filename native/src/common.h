@@ -51,6 +51,9 @@ typedef float (*dot_fn)(int cols, const void *w, const void *x);
 typedef void (*deq_fn)(int cols, const void *w, float *out);
 /* prepare one activation row */
 typedef void (*act_fn)(int cols, const float *x, void *out);
+/* prefill tile: weight rows [r0, r1) x packed activation groups [g0, g1) (gemm.h) */
+typedef void (*gemm_fn)(int cols, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, const uint8_t *act, int64_t group_bytes, int g0, int g1, int n, float *out, int64_t out_stride);
+typedef void (*pack_fn)(int kind, int cols, const float *x, int64_t x_stride, int ns, void *dst);
 
 typedef struct {
     dot_fn dot[T_COUNT];
@@ -58,6 +61,8 @@ typedef struct {
     act_fn quant_q8;
     act_fn quant_q8k;
     void (*f32_to_bf16)(int n, const float *in, uint16_t *out);
+    gemm_fn gemm[T_COUNT];   /* prefill tiles (gemm.c); NULL: the dot per pair (gemm_run.c) */
+    pack_fn gemm_pack;       /* quantize + pack GR activation rows (gemm.c) */
 } kernel_table;
 
 /* ---- half precision helpers (portable) ---- */

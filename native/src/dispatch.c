@@ -11,7 +11,8 @@ float cellar_f16_table[65536];
 
 #define DECLARE_ISA(sfx) \
     void register_q32_##sfx(kernel_table *); void register_qk_##sfx(kernel_table *); \
-    void register_float_##sfx(kernel_table *);
+    void register_float_##sfx(kernel_table *); \
+    void register_gemm_##sfx(kernel_table *);
 DECLARE_ISA(scalar)
 #ifdef HAVE_AVX2
 DECLARE_ISA(avx2)
@@ -44,11 +45,13 @@ __attribute__((constructor)) static void cellar_init(void) {
     for (int i = 0; i < 65536; i++) cellar_f16_table[i] = half_to_float((uint16_t)i);
     register_q32_scalar(&tables[ISA_SCALAR]); register_qk_scalar(&tables[ISA_SCALAR]);
     register_float_scalar(&tables[ISA_SCALAR]);
+    register_gemm_scalar(&tables[ISA_SCALAR]);
     __builtin_cpu_init();
 #ifdef HAVE_AVX2
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
         register_q32_avx2(&tables[ISA_AVX2]); register_qk_avx2(&tables[ISA_AVX2]);
         register_float_avx2(&tables[ISA_AVX2]);
+        register_gemm_avx2(&tables[ISA_AVX2]);
         isa_best = ISA_AVX2;
     }
 #endif
@@ -57,10 +60,12 @@ __attribute__((constructor)) static void cellar_init(void) {
         __builtin_cpu_supports("avx512vl")) {
         register_q32_avx512(&tables[ISA_AVX512]); register_qk_avx512(&tables[ISA_AVX512]);
         register_float_avx512(&tables[ISA_AVX512]);
+        register_gemm_avx512(&tables[ISA_AVX512]);
         isa_best = ISA_AVX512;
         if (__builtin_cpu_supports("avx512vnni")) {
             register_q32_avx512vnni(&tables[ISA_AVX512_VNNI]); register_qk_avx512vnni(&tables[ISA_AVX512_VNNI]);
             register_float_avx512vnni(&tables[ISA_AVX512_VNNI]);
+            register_gemm_avx512vnni(&tables[ISA_AVX512_VNNI]);
             isa_best = ISA_AVX512_VNNI;
         }
     }
@@ -72,6 +77,7 @@ __attribute__((constructor)) static void cellar_init(void) {
 int cellar_abi_version(void) { return ABI_VERSION; }
 int cellar_isa_best(void) { return isa_best; }
 int cellar_isa(void) { return isa_cur; }
+const kernel_table *cellar_kernels(void) { return K; }   /* the table in use (gemm_run.c) */
 
 /* choose a path no better than the best this CPU runs; returns the one in use */
 int cellar_set_isa(int isa) {
