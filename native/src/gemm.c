@@ -130,21 +130,40 @@ static inline __m256i bit_to(__m256i v, int bit, int val) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, m), m), _mm256_set1_epi8((char)val));
 }
 
-/* Q4_K and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins; HIGH adds Q5_K's fifth bit */
+/* Q4_K and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins; HIGH adds Q5_K's fifth bit. The
+ * scales of a pass of weight rows are decoded once, not once per activation group. */
+typedef struct { int32_t mpair[4]; int16_t sc[8]; float d, dmin; } k4_scales;
+#define K4_DEC 1024     /* decoded super-blocks per pass (40 KiB of stack) */
+
 #define K4_TILE(NAME, T, HIGH, QH) \
 static void FN(NAME)(TILE_ARGS) { \
     const int nb = cols / QK_K; \
     const __m256i m4 = _mm256_set1_epi8(0xF); \
-    for (int g = g0; g < g1; g++) { \
+    k4_scales dec[K4_DEC]; \
+    const int64_t pass = nb >= K4_DEC ? 1 : K4_DEC / nb; \
+    for (int64_t p0 = r0; p0 < r1; p0 += pass) { \
+      const int64_t p1 = p0 + pass < r1 ? p0 + pass : r1; \
+      for (int64_t r = p0; r < p1; r++) { \
+        const T *x = (const T *)(w + r * row_bytes); \
+        for (int b = 0; b < nb; b++) { \
+            k4_scales *k = &dec[(r - p0) * nb + b]; \
+            int sc[8], mn[8]; \
+            for (int j = 0; j < 8; j++) { scale_min_k4(j, x[b].scales, &sc[j], &mn[j]); k->sc[j] = (int16_t)sc[j]; } \
+            for (int j = 0; j < 4; j++) \
+                k->mpair[j] = (int32_t)((uint32_t)(uint16_t)mn[2 * j] | ((uint32_t)mn[2 * j + 1] << 16)); \
+            k->d = F16(x[b].d); k->dmin = F16(x[b].dmin); \
+        } \
+      } \
+      for (int g = g0; g < g1; g++) { \
         const pk_q8k *y = (const pk_q8k *)(act + (int64_t)g * gbytes); \
         const int ns = n - g * GR < GR ? n - g * GR : GR; \
-        for (int64_t r = r0; r < r1; r++) { \
+        for (int64_t r = p0; r < p1; r++) { \
             const T *x = (const T *)(w + r * row_bytes); \
+            const k4_scales *kd = &dec[(r - p0) * nb]; \
             __m256 acc[GR], e = _mm256_setzero_ps(); \
             for (int s = 0; s < GR; s++) acc[s] = _mm256_setzero_ps(); \
             for (int b = 0; b < nb; b++) { \
-                int sc[8], mn[8]; \
-                for (int j = 0; j < 8; j++) scale_min_k4(j, x[b].scales, &sc[j], &mn[j]); \
+                const k4_scales *k = &kd[b]; \
                 __m256i sumi[GR]; \
                 for (int s = 0; s < GR; s++) sumi[s] = _mm256_setzero_si256(); \
                 for (int j = 0; j < 4; j++) { \
@@ -155,28 +174,28 @@ static void FN(NAME)(TILE_ARGS) { \
                         lo = _mm256_or_si256(lo, bit_to(H, 1 << (2 * j), 16)); \
                         hi = _mm256_or_si256(hi, bit_to(H, 2 << (2 * j), 16)); \
                     } \
+                    const int s0 = k->sc[2 * j], s1 = k->sc[2 * j + 1]; \
                     _Pragma("GCC unroll 8") \
                     for (int s = 0; s < GR; s++) { \
-                        sumi[s] = _mm256_add_epi32(sumi[s], dot_u8i8_scaled(lo, ld(y[b].qs[s] + 64 * j), sc[2 * j], sc[2 * j])); \
-                        sumi[s] = _mm256_add_epi32(sumi[s], dot_u8i8_scaled(hi, ld(y[b].qs[s] + 64 * j + 32), \
-                                                                            sc[2 * j + 1], sc[2 * j + 1])); \
+                        sumi[s] = _mm256_add_epi32(sumi[s], dot_u8i8_scaled(lo, ld(y[b].qs[s] + 64 * j), s0, s0)); \
+                        sumi[s] = _mm256_add_epi32(sumi[s], dot_u8i8_scaled(hi, ld(y[b].qs[s] + 64 * j + 32), s1, s1)); \
                     } \
                 } \
                 /* summ of each row: sum_k mn[k] * (bsums[2k] + bsums[2k+1]) */ \
                 __m256i summ = _mm256_setzero_si256(); \
-                for (int k = 0; k < 4; k++) \
-                    summ = _mm256_add_epi32(summ, _mm256_madd_epi16(ld(y[b].bp[k]), \
-                        _mm256_set1_epi32((int)((uint32_t)(uint16_t)mn[2 * k] | ((uint32_t)mn[2 * k + 1] << 16))))); \
+                for (int q = 0; q < 4; q++) \
+                    summ = _mm256_add_epi32(summ, _mm256_madd_epi16(ld(y[b].bp[q]), _mm256_set1_epi32(k->mpair[q]))); \
                 const __m256 dy = _mm256_loadu_ps(y[b].d); \
                 float scl[GR] __attribute__((aligned(32))); \
-                _mm256_store_ps(scl, _mm256_mul_ps(dy, _mm256_set1_ps(F16(x[b].d)))); \
+                _mm256_store_ps(scl, _mm256_mul_ps(dy, _mm256_set1_ps(k->d))); \
                 SPILL(); \
-                e = _mm256_fnmadd_ps(_mm256_mul_ps(dy, _mm256_set1_ps(F16(x[b].dmin))), _mm256_cvtepi32_ps(summ), e); \
+                e = _mm256_fnmadd_ps(_mm256_mul_ps(dy, _mm256_set1_ps(k->dmin)), _mm256_cvtepi32_ps(summ), e); \
                 for (int s = 0; s < GR; s++) \
                     acc[s] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scl[s]), _mm256_cvtepi32_ps(sumi[s]), acc[s]); \
             } \
             finish(acc, e, out + (int64_t)g * GR * out_stride + r, out_stride, ns); \
         } \
+      } \
     } \
 }
 

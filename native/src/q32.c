@@ -13,7 +13,7 @@ void FN(quant_q8)(int cols, const float *x, void *out) {
     act_q8 *y = (act_q8 *)out;
     for (int b = 0; b < cols / QK; b++, x += QK) {
         float amax = 0.f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < QK; j++) { const float a = fabsf(x[j]); amax = a > amax ? a : amax; }   /* fmaxf: a libm call */
         const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
         int sum = 0;
         for (int j = 0; j < QK; j++) {

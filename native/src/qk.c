@@ -13,7 +13,7 @@ void FN(quant_q8k)(int cols, const float *x, void *out) {
     act_q8k *y = (act_q8k *)out;
     for (int b = 0; b < cols / QK_K; b++, x += QK_K) {
         float amax = 0.f;
-        for (int j = 0; j < QK_K; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < QK_K; j++) { const float a = fabsf(x[j]); amax = a > amax ? a : amax; }   /* fmaxf: a libm call */
         const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
         for (int j = 0; j < QK_K; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id);
         for (int g = 0; g < 16; g++) {
