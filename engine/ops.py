@@ -4,13 +4,19 @@
     y = linear(x, w, scratch)                 # x f32 [n, cols] -> f32 [n, rows]
     e = get_rows(token_embd, ids)             # f32 [len(ids), cols]: only the looked-up rows
 
-Few rows (decode) run the native GEMV on the raw blocks; a batch (prefill) dequantizes the weight
+Few rows (decode) run the native GEMV on the raw blocks. A batch (prefill) runs the native GEMM on
+the raw blocks where it has a tile kernel for the type (x quantized once as the GEMV does; every
+output bitwise equal to the GEMV's, so prefill and decode agree); otherwise it dequantizes the weight
 into the reused scratch and runs matmuls, in row chunks shared between threads (engine/split.py).
 The scratch is f32 unless the CPU has a bf16 matmul unit (AMX or AVX-512 BF16): without one, a bf16
 matmul is 6-8x slower than f32, and the buffer is only a few MiB (the largest layer matrix).
+
+CELLAR_PREFILL=f32 keeps every batch on dequantize + matmul; CELLAR_PREFILL=q8 sends every quantized
+type to the native GEMM (even where it only has the dot per pair: exact, slower).
 """
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 import numpy as np
@@ -22,6 +28,23 @@ from engine.quant import GGMLType, QTensor, dequantize_torch
 
 GEMV_MAX_ROWS = 8          # up to this many rows of x, the GEMV on raw blocks beats dequantize + matmul
 MIN_CHUNK_ROWS = 64        # a matmul chunk of fewer weight rows runs below MKL's speed
+
+
+def _prefill_mode() -> str:
+    mode = os.environ.get("CELLAR_PREFILL", "").strip().lower() or "auto"
+    if mode not in ("auto", "q8", "f32"):
+        raise ValueError(f"CELLAR_PREFILL={mode!r}: choose auto, q8 or f32")
+    return mode
+
+
+PREFILL = _prefill_mode()
+
+
+def use_gemm(w) -> bool:
+    """Whether a batch through w runs the native GEMM (else dequantize + matmul)."""
+    if PREFILL == "f32" or not isinstance(w, QTensor) or not kernels.gemm_supported(w):
+        return False
+    return PREFILL == "q8" or kernels.gemm_tiled(w)
 
 
 def _cpu_flags() -> set[str]:
@@ -73,7 +96,11 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None) -> torch
     """x @ W.T for x f32 [n, cols]: GEMV on the blocks for small n, else dequantize + matmul."""
     if gpu_kernels.runs_here(w):            # blocks on the offload device: x is there too
         return gpu_kernels.linear(x, w, q8=x.shape[0] <= GEMV_MAX_ROWS or scratch is None)
-    if x.shape[0] <= GEMV_MAX_ROWS or scratch is None:
+    if x.shape[0] <= GEMV_MAX_ROWS:
+        return kernels.gemv(w, x.contiguous())
+    if use_gemm(w):
+        return kernels.gemm(w, x.contiguous())
+    if scratch is None:
         return kernels.gemv(w, x.contiguous())
     W = scratch.view(w)
     xs = x.to(W.dtype).contiguous()
@@ -89,9 +116,13 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None) -> torch
 
 
 def linear_many(x: torch.Tensor, ws: list[QTensor], scratch: Scratch | None = None) -> list[torch.Tensor]:
-    """[linear(x, w) for w in ws]; for one row of x (decode) in one native call that prepares x once."""
+    """[linear(x, w) for w in ws]; for one row of x (decode), or a batch all of whose weights take the
+    GEMM, in one native call that prepares x once."""
     if x.shape[0] == 1 and all(isinstance(w, QTensor) for w in ws):
         return kernels.gemv_many(ws, x.contiguous())
+    if (x.shape[0] > GEMV_MAX_ROWS and len(ws) <= kernels.MULTI_MAX and all(use_gemm(w) for w in ws)
+            and len({w.cols for w in ws}) == 1):
+        return kernels.gemm_many(ws, x.contiguous())
     return [linear(x, w, scratch) for w in ws]
 
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 KINDS = [  # (kind, predicate on (file, function name))
     ("native GEMV", lambda f, n: f.endswith("kernels.py") and n in ("gemv", "gemv_many")),
+    ("native GEMM (prefill)", lambda f, n: f.endswith("kernels.py") and n in ("gemm", "gemm_many")),
     ("native dequantize", lambda f, n: f.endswith("kernels.py") and n == "dequantize_into"),
     ("torch matmul (linear chunks)", lambda f, n: n == "<built-in method torch.mm>"),
     ("attention (bmm, softmax)", lambda f, n: n in ("<built-in method torch.bmm>", "<method 'softmax' of 'torch._C.TensorBase' objects>")),

@@ -46,7 +46,9 @@ def test_attend_masked_cells_do_not_count():
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batched_linear_matches_dequantize_then_matmul(qtype, threads):
+def test_batched_linear_matches_dequantize_then_matmul(qtype, threads, monkeypatch):
+    """CELLAR_PREFILL=f32: the chunked multi-threaded dequantize + matmul."""
+    monkeypatch.setattr(ops, "PREFILL", "f32")
     rng = np.random.default_rng(int(qtype) * 10 + threads)
     rows, cols = 1000, 512                              # rows not a multiple of the chunk size
     w = QTensor("w", qtype, (rows, cols), raw_tensor(qtype, (rows, cols), rng).data)
@@ -59,6 +61,25 @@ def test_batched_linear_matches_dequantize_then_matmul(qtype, threads):
     finally:
         kernels.set_threads(before)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K])
+def test_batched_linear_takes_the_gemm_bitwise_equal_to_the_gemv(qtype):
+    """The default prefill path on the types with a tile kernel: the native GEMM, every output bitwise
+    what the GEMV (decode) gives for that row; within the q8 activation's rounding of the f32 product."""
+    if not kernels.AVAILABLE or not kernels.has_gemm():
+        pytest.skip("native library not built")
+    rng = np.random.default_rng(int(qtype))
+    rows, cols = 300, 512
+    w = QTensor("w", qtype, (rows, cols), raw_tensor(qtype, (rows, cols), rng).data)
+    x = torch.from_numpy(rng.standard_normal((40, cols)).astype(np.float32))
+    assert ops.use_gemm(w) == (ops.PREFILL != "f32" and kernels.gemm_tiled(w))
+    if not ops.use_gemm(w):
+        pytest.skip(f"no tile kernel for {qtype.name} on {kernels.ISA}, or CELLAR_PREFILL=f32")
+    got = ops.linear(x, w, ops.Scratch.for_weights([w]))
+    assert torch.equal(got, kernels.gemv(w, x))
+    ref = x @ dequantize_torch(w.data, qtype, (rows, cols)).T
+    assert float((got - ref).abs().max()) < 0.02 * float(ref.abs().max())
 
 
 def test_scratch_is_f32_without_a_bf16_matmul_unit(monkeypatch):
