@@ -76,13 +76,17 @@ class Scratch:
 
     @classmethod
     def for_weights(cls, weights: Iterable[QTensor]) -> "Scratch":
-        return cls(max((w.rows * w.cols for w in weights), default=1))
+        """Sized for the largest matrix a batch dequantizes: those without the native GEMM (on both
+        real models none, so the buffer is one element; the GEMM's quantized x is its own buffer)."""
+        return cls(max((w.rows * w.cols for w in weights if not use_gemm(w)), default=1))
 
     @property
     def nbytes(self) -> int:
         return self.buf.numel() * self.buf.element_size()
 
     def view(self, w: QTensor) -> torch.Tensor:
+        if self.buf.numel() < w.rows * w.cols:     # the path changed after load (CELLAR_PREFILL, tests)
+            self.buf = torch.zeros(w.rows * w.cols, dtype=self.buf.dtype)
         return self.buf[: w.rows * w.cols].view(w.rows, w.cols)
 
 

@@ -82,6 +82,23 @@ def test_batched_linear_takes_the_gemm_bitwise_equal_to_the_gemv(qtype):
     assert float((got - ref).abs().max()) < 0.02 * float(ref.abs().max())
 
 
+def test_scratch_holds_only_the_weights_that_dequantize(monkeypatch):
+    """The f32 scratch is sized for the matrices a batch dequantizes: none when every weight takes the
+    GEMM; a weight that needs it later (CELLAR_PREFILL=f32 set after load) grows it once."""
+    rng = np.random.default_rng(2)
+    q = QTensor("q", GGMLType.Q4_1, (64, 256), raw_tensor(GGMLType.Q4_1, (64, 256), rng).data)
+    f = QTensor("f", GGMLType.F16, (32, 256), raw_tensor(GGMLType.F16, (32, 256), rng).data)
+    expect_q = 1 if ops.use_gemm(q) else 64 * 256
+    assert ops.Scratch.for_weights([q]).buf.numel() == expect_q
+    assert ops.Scratch.for_weights([q, f]).buf.numel() == max(expect_q, 32 * 256)
+    sc = ops.Scratch.for_weights([q])
+    monkeypatch.setattr(ops, "PREFILL", "f32")
+    x = torch.from_numpy(rng.standard_normal((12, 256)).astype(np.float32))
+    ref = x @ dequantize_torch(q.data, q.qtype, (64, 256)).T
+    torch.testing.assert_close(ops.linear(x, q, sc), ref, rtol=1e-4, atol=1e-3)
+    assert sc.buf.numel() == 64 * 256
+
+
 def test_scratch_is_f32_without_a_bf16_matmul_unit(monkeypatch):
     monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "fma", "f16c"})
     assert ops.scratch_dtype() == torch.float32
