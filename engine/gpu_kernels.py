@@ -5,8 +5,9 @@ transient buffer (engine.quant.dequantize_torch runs on CUDA tensors) and multip
 (float32 by default, with TF32 off, so results track the CPU path to float32 rounding).
 
 Decode (few rows of x) quantizes x first, as the CPU GEMV (native/src/q32.c, qk.c) and llama.cpp's
-MMVQ do: blocks of 32 values (legacy types) or 256 (k-quants), d = max|x| / 127 in f32,
-q = round-half-even(x / d). The product then sees the same activations as the CPU's integer dot
+MMVQ do: blocks of 32 values (legacy types) or 256 (k-quants), q = round-half-even(x * (127 / max|x|)),
+d = max|x| / 127 rounded to f16 for 32-value blocks (llama.cpp's q8_0 / q8_1), 1 / (127 / max|x|) in f32
+for 256-value ones (q8_K). The product then sees the same activations as the CPU's integer dot
 products; what is left is float32 rounding and summation order (measured: docs/offload.md).
 """
 from __future__ import annotations
@@ -51,11 +52,17 @@ def activation_block(qtype) -> int:
 
 
 def quantize_q8(x: torch.Tensor, block: int) -> torch.Tensor:
-    """x f32 [..., cols] through q8 blocks of `block` values and back: d * q with d = max|x| / 127 and
-    q = round(x * (1/d)) (half to even, as lrintf), every step in f32 as the native quant_q8 does."""
+    """x f32 [..., cols] through q8 blocks of `block` values and back, every step in f32 as the native
+    quant_q8 / quant_q8k do: q = round(x * (127 / amax)) (half to even, as lrintf), times d = amax / 127
+    rounded to f16 (32-value blocks) or d = 1 / (127 / amax) (256-value blocks). (The native q8_1's
+    d * sum(q), kept as f16 for Q4_1 / Q5_1, is not modelled: it moves their result by ~1e-5.)"""
     xb = x.float().reshape(*x.shape[:-1], x.shape[-1] // block, block)
-    d = xb.abs().amax(-1, keepdim=True) / 127.0
-    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    amax = xb.abs().amax(-1, keepdim=True)
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    if block == 32:
+        d = (amax / 127.0).half().float()
+    else:
+        d = torch.where(inv > 0, 1.0 / inv, torch.zeros_like(inv))
     return (torch.round(xb * inv) * d).reshape(x.shape)
 
 

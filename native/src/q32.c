@@ -9,20 +9,40 @@
 #define F16(h) f16_to_f32(h)
 #endif
 
+/* f rounded to half precision (nearest even) and back: llama.cpp keeps its q8_0 / q8_1 block scales
+ * as f16 (GGML_CPU_FP32_TO_FP16), so the dot products use the rounded scale */
+#ifdef CK_SIMD
+static inline float round_f16(float f) { return _cvtsh_ss(_cvtss_sh(f, 0)); }
+#else
+static inline float round_f16(float f) {
+    uint32_t w; memcpy(&w, &f, 4);
+    const uint32_t sign = w & 0x80000000u, shl1 = w + w;
+    if (shl1 > 0xFF000000u) return f;                                   /* NaN */
+    uint32_t bias = shl1 & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    const uint32_t bb = (bias >> 1) + 0x07800000u; float fb; memcpy(&fb, &bb, 4);
+    const float base = fb + (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;    /* the add rounds to 11 bits */
+    uint32_t bits; memcpy(&bits, &base, 4);
+    return f16_to_f32((f16_t)((sign >> 16) | (((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu))));
+}
+#endif
+
+/* As llama.cpp's AVX2 quantize_row_q8_0 / q8_1 (the same on every ISA here): d = amax / 127 stored as
+ * f16, values round(x * (127 / amax)) to nearest even, s = d * sum(values) (unrounded d) stored as f16. */
 void FN(quant_q8)(int cols, const float *x, void *out) {
     act_q8 *y = (act_q8 *)out;
     for (int b = 0; b < cols / QK; b++, x += QK) {
         float amax = 0.f;
         for (int j = 0; j < QK; j++) { const float a = fabsf(x[j]); amax = a > amax ? a : amax; }   /* fmaxf: a libm call */
-        const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+        const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
         int sum = 0;
         for (int j = 0; j < QK; j++) {
             int q = (int)lrintf(x[j] * id);
             y[b].qs[j] = (int8_t)q;
             sum += q;
         }
-        y[b].d = d;
-        y[b].s = d * (float)sum;
+        y[b].d = round_f16(d);
+        y[b].s = round_f16(d * (float)sum);
     }
 }
 

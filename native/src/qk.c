@@ -9,19 +9,21 @@
 #define F16(h) f16_to_f32(h)
 #endif
 
+/* As llama.cpp's quantize_row_q8_K: values round(x * (127 / amax)) to nearest even, d = 1 / (127 / amax)
+ * kept in f32 (its iscale = -127/max flips both signs, which leaves every product d * q the same). */
 void FN(quant_q8k)(int cols, const float *x, void *out) {
     act_q8k *y = (act_q8k *)out;
     for (int b = 0; b < cols / QK_K; b++, x += QK_K) {
         float amax = 0.f;
         for (int j = 0; j < QK_K; j++) { const float a = fabsf(x[j]); amax = a > amax ? a : amax; }   /* fmaxf: a libm call */
-        const float d = amax / 127.f, id = d > 0.f ? 1.f / d : 0.f;
+        const float id = amax != 0.f ? 127.f / amax : 0.f;
         for (int j = 0; j < QK_K; j++) y[b].qs[j] = (int8_t)lrintf(x[j] * id);
         for (int g = 0; g < 16; g++) {
             int s = 0;
             for (int j = 0; j < 16; j++) s += y[b].qs[16 * g + j];
             y[b].bsums[g] = (int16_t)s;
         }
-        y[b].d = d;
+        y[b].d = amax != 0.f ? 1.f / id : 0.f;
     }
 }
 

@@ -34,10 +34,16 @@ def path(request, monkeypatch):
 
 
 def q8_round_trip(x: np.ndarray, block: int) -> np.ndarray:
-    """x as the kernels see it: int8 per block of `block` values with scale amax/127 (float32 math)."""
+    """x as the kernels see it (llama.cpp's rounding): int8 rint(x * 127/amax) per block of `block`
+    values, times the scale amax/127, kept as f16 for 32-value blocks (q8_0 / q8_1), as 1/(127/amax) in
+    f32 for 256-value ones (q8_K)."""
     xb = x.astype(np.float32).reshape(x.shape[0], -1, block)
-    d = np.abs(xb).max(axis=2, keepdims=True) / np.float32(127)
-    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    amax = np.abs(xb).max(axis=2, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    if block == 32:
+        d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    else:
+        d = np.where(inv > 0, np.float32(1) / np.where(inv > 0, inv, 1), 0).astype(np.float32)
     return (np.rint(xb * inv) * d).reshape(x.shape).astype(np.float64)
 
 
@@ -60,8 +66,11 @@ def test_gemv_matches_float64_oracle(qtype, n, path):
     assert rel_err(y, exact) < 2e-2
     block = activation_block(qtype)
     if path != "fallback" and block is not None:
-        # against the same q8 activation the integer kernels are exact up to float rounding
-        assert rel_err(y, q8_round_trip(x.numpy(), block) @ W.T) < 1e-5
+        # against the same q8 activation the integer kernels are exact up to float rounding; with a
+        # block minimum (Q4_1, Q5_1) the q8_1 sum term d * sum(q) is kept as f16 (llama.cpp's rounding),
+        # which moves the minimum's share by up to 2^-11 of it
+        tol = 1e-4 if qtype in (GGMLType.Q4_1, GGMLType.Q5_1) else 1e-5
+        assert rel_err(y, q8_round_trip(x.numpy(), block) @ W.T) < tol
     else:
         assert rel_err(y, exact) < 1e-5
 
