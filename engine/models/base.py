@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import decode_native
 from engine.errors import BadModelFile
 from engine.kv_cache import KVCache, KVMemory
 from engine.ops import Scratch, as_f32, attend, get_rows, linear, linear_many
@@ -225,7 +226,9 @@ class Transformer:
         if swa:
             n_swa = min(n_ctx, hp.swa_window * max(1, n_seq) + ubatch)
             caches.append(KVCache("swa", swa, n_swa, kw, vw, kv_type, hp.swa_window))
-        return KVMemory(caches)
+        mem = KVMemory(caches)
+        decode_native.attach(self, mem)           # one-token layers in one native call (decode)
+        return mem
 
     def rope_of(self, il: int) -> Rope:
         return self.ropes[self.hp.rope_of(il)]

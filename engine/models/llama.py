@@ -5,6 +5,7 @@ gives the Hugging Face model's rotate-half result.
 """
 from __future__ import annotations
 
+from engine import decode_native
 from engine.kv_cache import KVMemory
 from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt, rms_norm, swiglu
 from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number
@@ -49,6 +50,8 @@ class Llama(Transformer):
                 "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
 
     def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch):
+        if len(step.ids) == 1 and (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
+            return y                               # one token: the whole layer in one native call
         hp, n = self.hp, len(step.ids)
         rope = self.rope_of(il)
         h = rms_norm(x, w["attn_norm"], hp.eps)

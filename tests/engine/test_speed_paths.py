@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import kernels, ops, split
+from engine import decode_native, kernels, ops, split
 from engine.bench import run_bench
 from engine.quant import GGMLType, QTensor, dequantize_torch
 from engine.runtime import LoadOptions, Model
@@ -172,6 +172,9 @@ def test_prefill_logits_equal_decode_logits(tiny_f32):
     to 8 bits as llama.cpp does, which the dequantize + matmul path does not."""
     ids = [1] + [5 + (i * 7) % 50 for i in range(23)]
     m = Model.load(tiny_f32, LoadOptions(ctx=64, ubatch=32, threads=2, warmup=False))
+    dec = decode_native.attach(m.net, m.kv)
+    if dec is not None:   # the one-call decode layer without llama.cpp's f16 rounding in attention
+        dec.f32_attention(True)
     try:
         batched = m.eval(ids)
         m.reset()

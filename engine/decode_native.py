@@ -1,0 +1,203 @@
+"""Decode (one token) through a whole decoder layer in one native call (native/src/decode.c).
+
+    dec = attach(net, kv)                       # at make_kv: every layer's description, built once
+    y = layer(net, il, x, w, step, kv)          # in block(): x [1, n_embd] updated in place, or None
+
+The description of a layer holds its weights (GGUF blocks, as the GEMV kernels take them), its norm
+vectors, its K/V rows in the cache and the hyperparameters; a step passes only the cell its K/V go to,
+the cells to read (the step's mask row), and the RoPE cos/sin row of its position. `layer` returns None
+where the native path does not apply (several tokens, several sequences, offload, no library, a
+cache or position it was not built for); the caller then runs its torch path. CELLAR_NATIVE_DECODE=0
+turns it off (tests compare the two paths).
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import weakref
+
+import torch
+
+from engine import kernels
+from engine.quant import QTensor
+
+i32, i64, f32, vp = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+DEC_GEMMA, DEC_NEOX, DEC_F32_ATTN = 1, 2, 4
+KV_CODES = {"f16": 0, "bf16": 1, "q8_0": 2}
+MATS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+NORMS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
+
+
+class DMat(ctypes.Structure):
+    _fields_ = [("w", vp), ("row_bytes", i64), ("rows", i64), ("type", i32), ("pad", i32)]
+
+
+class DLayer(ctypes.Structure):             # native/src/decode.h: dlayer
+    _fields_ = ([(n, i32) for n in ("n_embd", "n_head", "n_head_kv", "head_dim", "head_dim_v", "n_ff", "n_rot",
+                                     "flags", "kv_type")]
+                + [("eps", f32), ("q_scale", f32), ("kq_scale", f32)]
+                + [(n, DMat) for n in ("wq", "wk", "wv", "wo", "wgate", "wup", "wdown")]
+                + [(n, vp) for n in ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffw_norm")]
+                + [("k_cache", vp), ("v_cache", vp), ("k_row_bytes", i64), ("v_row_bytes", i64), ("n_cells", i64),
+                   ("work", vp), ("work_bytes", i64)])
+
+
+class DStep(ctypes.Structure):              # native/src/decode.h: dstep
+    _fields_ = [("cell", i64), ("n_kv", i64), ("mask", vp), ("cos", vp), ("sin", vp)]
+
+
+def _lib():
+    lib = kernels._lib
+    if lib is None or not hasattr(lib, "cellar_decode_layer"):
+        return None
+    if getattr(lib, "_decode_typed", False) is False:
+        lib.cellar_decode_layer.argtypes = [vp, vp, vp]
+        lib.cellar_decode_layer.restype = i32
+        lib.cellar_decode_check.argtypes = [vp]
+        lib.cellar_decode_check.restype = i32
+        lib.cellar_decode_work_bytes.argtypes = [vp]
+        lib.cellar_decode_work_bytes.restype = i64
+        lib._decode_typed = True
+    return lib
+
+
+def enabled() -> bool:
+    return os.environ.get("CELLAR_NATIVE_DECODE", "1") != "0" and _lib() is not None
+
+
+def _flags(net) -> int | None:
+    """The layer shape of an architecture this path knows (the block it replaces), or None."""
+    from engine.models.gemma3 import Gemma3
+    from engine.models.llama import Llama
+    if type(net).block is Llama.block:
+        return DEC_NEOX if net.hp.rope_neox else 0
+    if type(net).block is Gemma3.block:
+        return DEC_GEMMA | (DEC_NEOX if net.hp.rope_neox else 0)
+    return None
+
+
+class NativeDecode:
+    """Descriptions of a model's layers against one KV memory, and a work buffer, built once."""
+
+    def __init__(self, net, kv):
+        lib = _lib()
+        hp = net.hp
+        self.kv = kv
+        self.layers: list[DLayer | None] = []
+        self._keep: list = []                              # what the descriptions point into
+        self._kt: list = []                                # the K/V tensors each description holds
+        flags = _flags(net)
+        gemma = flags is not None and flags & DEC_GEMMA
+        descs = []
+        for il in range(hp.n_layer):
+            cache = kv.cache_of(il)
+            w = net.layers[il]
+            L = DLayer(n_embd=hp.n_embd, n_head=hp.n_head, n_head_kv=hp.n_head_kv, head_dim=hp.head_dim,
+                       head_dim_v=hp.head_dim_v, n_ff=hp.n_ff, n_rot=hp.n_rot, flags=flags or 0,
+                       kv_type=KV_CODES.get(cache.kv_type, -1), eps=hp.eps,
+                       q_scale=hp.q_scale if gemma else 1.0,
+                       kq_scale=1.0 if gemma else 1.0 / math.sqrt(hp.head_dim), n_cells=cache.n_cells)
+            ok = flags is not None and all(isinstance(w.get(n), QTensor) for n in MATS)
+            if ok:
+                for field, name in zip(("wq", "wk", "wv", "wo", "wgate", "wup", "wdown"), MATS):
+                    qtype, addr, row_bytes, rows, _cols = kernels._native_args(w[name])
+                    setattr(L, field, DMat(addr, row_bytes, rows, qtype, 0))
+                for field, name in zip(("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm",
+                                        "post_ffw_norm"), NORMS):
+                    t = w.get(name)
+                    if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.is_contiguous() \
+                            and t.device.type == "cpu":
+                        setattr(L, field, t.data_ptr())
+                        self._keep.append(t)
+                K, V = cache.k[il], cache.v[il]
+                ok = K.device.type == "cpu" and V.device.type == "cpu" and K.is_contiguous() and V.is_contiguous()
+                if ok:
+                    L.k_cache, L.v_cache = K.data_ptr(), V.data_ptr()
+                    L.k_row_bytes, L.v_row_bytes = K.stride(0) * K.element_size(), V.stride(0) * V.element_size()
+            descs.append(L if ok else None)
+            self._kt.append((cache.k[il], cache.v[il]) if ok else None)
+        need = max((lib.cellar_decode_work_bytes(ctypes.byref(L)) for L in descs if L is not None), default=0)
+        # allocated (and touched) now, shared by the layers: nothing is allocated while decoding
+        self.work = torch.zeros(need + 64, dtype=torch.uint8)
+        base = (self.work.data_ptr() + 63) // 64 * 64
+        for L in descs:
+            if L is not None:
+                L.work, L.work_bytes = base, need
+                if lib.cellar_decode_check(ctypes.byref(L)) != 0:
+                    L = None
+            self.layers.append(L)
+        self._refs = [ctypes.byref(L) if L is not None else None for L in self.layers]
+        self._step = None
+        self._steps: dict = {}
+
+    def f32_attention(self, on: bool) -> None:
+        """The torch path's arithmetic, so tests can hold the two paths to float noise: attention without
+        llama.cpp's f16/bf16 rounding of the query and the probabilities (a q8_0 K read as f32 against
+        an f32 query), GELU by its formula rather than ggml's f16 table."""
+        for L in self.layers:
+            if L is not None:
+                L.flags = (L.flags | DEC_F32_ATTN) if on else (L.flags & ~DEC_F32_ATTN)
+
+    def step_args(self, step, cache, rope):
+        """The DStep of this step for a cache and a RoPE table (shared by the layers that use both)."""
+        if step is not self._step:
+            self._step, self._steps = step, {}
+        key = (cache.name, id(rope))
+        got = self._steps.get(key)
+        if got is None:
+            pos = int(step.pos[0])
+            cos, sin = rope.cos, rope.sin
+            if not 0 <= pos < cos.shape[0] or cos.dtype != torch.float32 or not cos.is_contiguous() \
+                    or not sin.is_contiguous() or cos.device.type != "cpu":
+                got = False
+            else:
+                mask = step.masks[cache.name]
+                row = cos.shape[1] * 4
+                st = DStep(int(step.slots[cache.name][0]), int(step.n_kv[cache.name]), mask.data_ptr(),
+                           cos.data_ptr() + pos * row, sin.data_ptr() + pos * row)
+                got = (st, ctypes.byref(st), mask)
+            self._steps[key] = got
+        return got
+
+
+_decoders: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def attach(net, kv) -> NativeDecode | None:
+    """Build (at load) the native decode of net against kv; None where it cannot run."""
+    if not enabled() or _flags(net) is None:
+        return None
+    per_net = _decoders.setdefault(net, weakref.WeakKeyDictionary())
+    dec = per_net.get(kv)
+    if dec is None:
+        dec = per_net[kv] = NativeDecode(net, kv)
+    return dec
+
+
+def layer(net, il: int, x: torch.Tensor, w: dict, step, kv) -> torch.Tensor | None:
+    """Layer il on the one token of step, in place on x [1, n_embd]; None where the native path does
+    not apply (the caller runs its own)."""
+    if step.groups is not None or step.placed is not None or len(step.ids) != 1:
+        return None
+    per_net = _decoders.get(net)
+    dec = per_net.get(kv) if per_net is not None else None
+    if dec is None:
+        dec = attach(net, kv)
+        if dec is None:
+            return None
+    L = dec.layers[il]
+    if L is None or w is not net.layers[il] or os.environ.get("CELLAR_NATIVE_DECODE", "1") == "0":
+        return None
+    cache = kv.cache_of(il)
+    kt = dec._kt[il]
+    if cache.k[il] is not kt[0] or cache.v[il] is not kt[1]:
+        return None                                        # the cache's rows were replaced or moved
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu" or x.numel() != L.n_embd:
+        return None
+    st = dec.step_args(step, cache, net.rope_of(il))
+    if st is False:
+        return None
+    if kernels._lib.cellar_decode_layer(dec._refs[il], st[1], x.data_ptr()) != 0:
+        raise RuntimeError(f"layer {il}: native decode failed (cell {st[0].cell}, {st[0].n_kv} cells)")
+    return x

@@ -1,0 +1,90 @@
+/* One decoder layer for one token (decode) in one native call: the layer's description, built once
+ * at load (weights, norm vectors, KV rows, a work buffer), and what changes each step. Mirrored by the
+ * ctypes structures in engine/decode_native.py; change both together. */
+#ifndef CELLAR_DECODE_H
+#define CELLAR_DECODE_H
+
+#include <stdint.h>
+#include "common.h"
+
+#define DEC_GEMMA 1   /* QK-norm, post-attention and post-FFN norms, GELU(tanh) gate */
+#define DEC_NEOX 2    /* RoPE pairs (x[i], x[i + n_rot/2]) instead of (x[2i], x[2i+1]) */
+#define DEC_F32_ATTN 4  /* the torch path's arithmetic (tests): no f16/bf16 rounding of the query and the
+                           probabilities, GELU by its formula rather than ggml's f16 table */
+
+enum { KV_F16 = 0, KV_BF16 = 1, KV_Q8_0 = 2 };
+
+typedef struct {                 /* a weight matrix in its GGUF blocks */
+    const void *w;
+    int64_t row_bytes, rows;
+    int32_t type, pad;
+} dmat;
+
+typedef struct {
+    int32_t n_embd, n_head, n_head_kv, head_dim, head_dim_v, n_ff, n_rot;
+    int32_t flags, kv_type;
+    float eps;
+    float q_scale;               /* q multiplied by it after RoPE (1: not at all) */
+    float kq_scale;              /* scores multiplied by it before the mask */
+    dmat wq, wk, wv, wo, wgate, wup, wdown;
+    const float *attn_norm, *ffn_norm, *q_norm, *k_norm, *post_attn_norm, *post_ffw_norm;
+    uint8_t *k_cache, *v_cache;  /* cell c's K row at k_cache + c * k_row_bytes */
+    int64_t k_row_bytes, v_row_bytes, n_cells;
+    uint8_t *work;               /* cellar_decode_work_bytes(layer) bytes, 64-aligned */
+    int64_t work_bytes;
+} dlayer;
+
+typedef struct {
+    int64_t cell;                /* the cell this token's K and V go to */
+    int64_t n_kv;                /* attention reads cells [0, n_kv) */
+    const float *mask;           /* [n_kv]: 0 where visible, -inf elsewhere */
+    const float *cos, *sin;      /* [n_rot / 2] at this token's position */
+} dstep;
+
+/* offsets into the work buffer (bytes) */
+typedef struct {
+    int64_t h, qkv, att, o, gate, up, act, qh, scores, vis, total;
+} dwork;
+
+static inline int64_t dec_align(int64_t n) { return (n + 63) / 64 * 64; }
+
+static inline dwork dec_layout(const dlayer *L) {
+    dwork d;
+    const int64_t nq = (int64_t)L->n_head * L->head_dim, nk = (int64_t)L->n_head_kv * L->head_dim;
+    const int64_t nv = (int64_t)L->n_head_kv * L->head_dim_v, na = (int64_t)L->n_head * L->head_dim_v;
+    int64_t widest = L->n_embd > na ? L->n_embd : na;
+    if (L->n_ff > widest) widest = L->n_ff;
+    int64_t o = 0;
+    d.h = o; o += dec_align(4 * (int64_t)L->n_embd);
+    d.qkv = o; o += dec_align(4 * (nq + nk + nv));
+    d.att = o; o += dec_align(4 * na);
+    d.o = o; o += dec_align(4 * (int64_t)L->n_embd);
+    d.gate = o; o += dec_align(4 * (int64_t)L->n_ff);
+    d.up = o; o += dec_align(4 * (int64_t)L->n_ff);
+    /* x prepared for the GEMVs: act_q8 and act_q8k of the widest input, side by side */
+    d.act = o; o += dec_align(widest / QK * (int64_t)sizeof(act_q8) + 64) + dec_align(widest / QK_K * (int64_t)sizeof(act_q8k) + 64);
+    /* each query head as the KV type's dot wants it (f32 of its f16/bf16 rounding, or act_q8) */
+    d.qh = o; o += dec_align(4 * nq + (int64_t)L->n_head * sizeof(act_q8));
+    d.scores = o; o += dec_align(4 * (int64_t)L->n_head * L->n_cells);
+    d.vis = o; o += dec_align(4 * L->n_cells);
+    d.total = o;
+    return d;
+}
+
+extern uint16_t cellar_gelu_f16[65536];   /* GELU(tanh) of every half, as a half (ggml's table) */
+
+/* f32 -> f16, round to nearest even (portable) */
+static inline uint16_t dec_f32_to_f16(float f) {
+    uint32_t w; memcpy(&w, &f, 4);
+    const uint32_t two_w = w + w, sign = w & 0x80000000u;
+    float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;   /* overflow -> inf */
+    uint32_t bias = two_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    uint32_t bb = (bias >> 1) + 0x07800000u; float b; memcpy(&b, &bb, 4);
+    base = b + base;                                                  /* rounds the mantissa */
+    uint32_t bits; memcpy(&bits, &base, 4);
+    const uint32_t nonsign = ((bits >> 13) & 0x7C00u) + (bits & 0x0FFFu);
+    return (uint16_t)((sign >> 16) | (two_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+#endif
