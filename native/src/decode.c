@@ -254,6 +254,52 @@ static void axpy_row(int kv_type, int n, float p, const uint8_t *row, float *acc
     }
 }
 
+/* out[0..dv) = sum_i p[i] * V row vis[i] (at byte offset voff): with SIMD, 64 (32 for q8_0) output
+ * values at a time held in registers across the cells */
+static void v_sum(int kv_type, int n, const int32_t *vis, const float *p, const uint8_t *vc, int64_t row_bytes,
+                  int64_t voff, int dv, float *out) {
+#ifdef CK_SIMD
+    if (kv_type != KV_Q8_0 && dv % 64 == 0) {
+        for (int c0 = 0; c0 < dv; c0 += 64) {
+            __m256 a[8];
+            for (int t = 0; t < 8; t++) a[t] = _mm256_setzero_ps();
+            for (int i = 0; i < n; i++) {
+                const uint16_t *v = (const uint16_t *)(vc + vis[i] * row_bytes + voff) + c0;
+                const __m256 pp = _mm256_set1_ps(p[i]);
+                for (int t = 0; t < 8; t++) {
+                    const __m128i h = _mm_loadu_si128((const __m128i *)(v + 8 * t));
+                    const __m256 f = kv_type == KV_F16 ? _mm256_cvtph_ps(h)
+                        : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+                    a[t] = _mm256_fmadd_ps(pp, f, a[t]);
+                }
+            }
+            for (int t = 0; t < 8; t++) _mm256_storeu_ps(out + c0 + 8 * t, a[t]);
+        }
+        return;
+    }
+    if (kv_type == KV_Q8_0) {
+        for (int b = 0; b < dv / QK; b++) {
+            __m256 a[4];
+            for (int t = 0; t < 4; t++) a[t] = _mm256_setzero_ps();
+            for (int i = 0; i < n; i++) {
+                const uint8_t *blk = vc + vis[i] * row_bytes + voff + b * 34;
+                uint16_t dh; memcpy(&dh, blk, 2);
+                const __m256 pp = _mm256_set1_ps(p[i]), dd = _mm256_set1_ps(from_f16(dh));
+                for (int t = 0; t < 4; t++) {
+                    const __m256 v = _mm256_mul_ps(dd, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                        _mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * t)))));
+                    a[t] = _mm256_fmadd_ps(pp, v, a[t]);
+                }
+            }
+            for (int t = 0; t < 4; t++) _mm256_storeu_ps(out + b * QK + 8 * t, a[t]);
+        }
+        return;
+    }
+#endif
+    memset(out, 0, sizeof(float) * dv);
+    for (int i = 0; i < n; i++) axpy_row(kv_type, dv, p[i], vc + vis[i] * row_bytes + voff, out);
+}
+
 /* ---- attention: one task per query head ---- */
 typedef struct {
     const kernel_table *k;
@@ -286,9 +332,8 @@ static void attend_head(const ajob *j, int h) {
     }
     float *s = j->scores + (int64_t)h * L->n_cells;
     float *out = j->att + (int64_t)h * dv;
-    memset(out, 0, sizeof(float) * dv);
     const int n = j->nvis;
-    if (n == 0) return;
+    if (n == 0) { memset(out, 0, sizeof(float) * dv); return; }
     /* q8_0 K against the f32 query (DEC_F32_ATTN): each K row dequantized first, as the torch path reads it */
     float *kf = L->kv_type == KV_Q8_0 && (L->flags & DEC_F32_ATTN) ? (float *)j->qh + (int64_t)h * d : NULL;
     float mx = -INFINITY;
@@ -296,6 +341,17 @@ static void attend_head(const ajob *j, int h) {
         const uint8_t *kr = L->k_cache + j->vis[i] * L->k_row_bytes + koff;
         float v;
         if (kf) { j->k->deq[T_Q8_0](d, kr, kf); v = j->k->dot[T_F32](d, kf, qf); }
+#ifdef CK_SIMD
+        else if (L->kv_type == KV_F16 && d % 16 == 0) {   /* the table's dot_f16, inlined */
+            const uint16_t *kh = (const uint16_t *)kr; const float *qq = qarg;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+            for (int t = 0; t < d; t += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t))), _mm256_loadu_ps(qq + t), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t + 8))), _mm256_loadu_ps(qq + t + 8), a1);
+            }
+            v = hsum_ps(_mm256_add_ps(a0, a1));
+        }
+#endif
         else v = dot(d, kr, qarg);
         v *= L->kq_scale;
         s[i] = v;
@@ -308,8 +364,9 @@ static void attend_head(const ajob *j, int h) {
         if (L->flags & DEC_F32_ATTN) {}
         else if (L->kv_type == KV_F16) p = from_f16(to_f16(p));
         else if (L->kv_type == KV_BF16) p = bf16_to_f32(f32_to_bf16(p));
-        axpy_row(L->kv_type, dv, p, L->v_cache + j->vis[i] * L->v_row_bytes + voff, out);
+        s[i] = p;
     }
+    v_sum(L->kv_type, n, j->vis, s, L->v_cache, L->v_row_bytes, voff, dv, out);
 }
 
 static void attn_task(void *p, int ith, int nth) {
