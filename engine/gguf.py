@@ -359,7 +359,11 @@ class GGUFFile:
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path, *, mmap: bool = True, mlock: bool = False, read_data: bool = True) -> "GGUFFile":
+    def open(cls, path, *, mmap: bool = True, mlock: bool = False, read_data: bool = True,
+             populate: bool = False) -> "GGUFFile":
+        """populate (with mmap and read_data): map every page of the file now (MAP_POPULATE, as llama.cpp
+        maps a model), so the weights are resident from the load on instead of faulted in by the first
+        prompt; from the page cache this takes ~10 ms per 100 MB."""
         g = cls(Path(path))
         try:
             f = open(g.path, "rb")
@@ -377,7 +381,10 @@ class GGUFFile:
             if g.file_size < 24:
                 raise BadModelFile(f"{g.path.name}: truncated inside the GGUF header (file is {g.file_size} "
                                    f"bytes); download it again")
-            mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+            if populate and read_data and mmap and hasattr(_mmap, "MAP_POPULATE"):
+                mm = _mmap.mmap(f.fileno(), 0, flags=_mmap.MAP_SHARED | _mmap.MAP_POPULATE, prot=_mmap.PROT_READ)
+            else:
+                mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
             try:
                 g._parse(mm)
             except BaseException:

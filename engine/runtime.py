@@ -3,9 +3,10 @@
     model = Model.load(path, LoadOptions(ctx=4096, threads=2))
     r = model.generate(model.tokenizer.encode("Hello", add_special=True), 64, Sampler(params))
 
-At load every buffer a reply needs is allocated and touched: the KV caches, the dequantization
-scratch, and (with warmup) one full ubatch through the model, after which the cache is cleared: the
-peak the memory plan shows is reached at load, not by the first long prompt.
+At load every buffer a reply needs is allocated and touched: the weights' pages (mapped in, as
+llama.cpp maps them), the KV caches, the dequantization scratch, and (with warmup) one full ubatch
+through one layer and the output head, after which the cache is cleared: the activations and attention
+buffers of the memory plan's peak are reached at load, not by the first long prompt.
 Prompts are evaluated in ubatches; a prompt that shares a prefix with what its sequence already
 holds evaluates only the rest. When the context is full, the oldest half of the tokens after the
 first n_keep is dropped and the rest moved down (K re-rotated): generation never stops for room.
@@ -25,12 +26,13 @@ from engine.errors import BadRequest, Cancelled
 from engine.gguf import GGUFFile
 from engine.kv_cache import KV_TYPES, MAX_SEQ, KVMemory
 from engine.models import model_class
-from engine.models.base import Step
+from engine.models.base import Step, rms_norm
 from engine.offload_model import attach
-from engine.ops import Scratch
+from engine.ops import Scratch, linear
 from engine.tokenizer import load_tokenizer
 
 Progress = Callable[[float, str], None]
+WARMUP_LAYERS = 1
 
 
 @dataclass
@@ -84,30 +86,48 @@ def _check_options(opts: LoadOptions) -> None:
 
 class Model:
     def __init__(self, gguf: GGUFFile, opts: LoadOptions, progress: Progress | None = None):
+        for _name, stage in self._stages(gguf, opts, progress):
+            stage()
+
+    @classmethod
+    def staged(cls, gguf: GGUFFile, opts: LoadOptions) -> tuple["Model", list[tuple[str, Callable[[], None]]]]:
+        """A model not yet built and the stages that build it, to be run in order (tools/load_profile.py
+        measures each)."""
+        m = cls.__new__(cls)
+        return m, m._stages(gguf, opts, None)
+
+    def _stages(self, gguf: GGUFFile, opts: LoadOptions, progress: Progress | None):
         report = progress or (lambda f, s: None)
         self.gguf, self.opts, self.arch = gguf, opts, gguf.arch
-        cls = model_class(self.arch)
-        self.tokenizer = load_tokenizer(gguf)
-        report(0.1, "tokenizer")
-        self.net = cls(gguf, lambda f, s: report(0.1 + 0.6 * f, s))
-        hp = self.net.hp
-        self.n_ctx = opts.ctx if opts.ctx > 0 else hp.n_ctx_train
-        self.n_ubatch = max(1, min(opts.ubatch, opts.batch, self.n_ctx))
-        report(0.75, "allocating the KV cache")
-        self.kv: KVMemory = self.net.make_kv(self.n_ctx, self.n_ubatch, opts.kv_type, opts.n_seq)
-        self.scratch = Scratch.for_weights(self.net.matrices())
-        self.offload, self.warnings = attach(self.net, self.kv, opts)
         self._cached: dict[int, list[int]] = {}
         self._n_keep: dict[int, int] = {}
-        if opts.warmup:
-            report(0.85, "warming up")
-            # one full ubatch: the activations and attention scratch of the largest step are reached now
-            # (the memory plan's peak), so a first long prompt does not find the memory gone; it costs
-            # a prefill of n_ubatch tokens at every load (load_s in `cellar bench` includes it)
-            bos = self.tokenizer.bos_id if (self.tokenizer.bos_id or -1) >= 0 else 0
-            self.eval([bos] * self.n_ubatch)
-            self.reset()
-        report(1.0, "ready")
+        cls = model_class(self.arch)
+
+        def tokenizer() -> None:
+            self.tokenizer = load_tokenizer(gguf)
+            report(0.1, "tokenizer")
+
+        def weights() -> None:
+            self.net = cls(gguf, lambda f, s: report(0.1 + 0.6 * f, s))
+            self.n_ctx = opts.ctx if opts.ctx > 0 else self.net.hp.n_ctx_train
+            self.n_ubatch = max(1, min(opts.ubatch, opts.batch, self.n_ctx))
+
+        def kv_cache() -> None:
+            report(0.75, "allocating the KV cache")
+            self.kv: KVMemory = self.net.make_kv(self.n_ctx, self.n_ubatch, opts.kv_type, opts.n_seq)
+
+        def scratch() -> None:
+            self.scratch = Scratch.for_weights(self.net.matrices())
+            self.offload, self.warnings = attach(self.net, self.kv, opts)
+
+        def warmup() -> None:
+            if opts.warmup:
+                report(0.85, "warming up")
+                self._warmup()
+            report(1.0, "ready")
+
+        return [("tokenizer", tokenizer), ("weights", weights), ("kv cache", kv_cache), ("scratch", scratch),
+                ("warmup", warmup)]
 
     @classmethod
     def load(cls, path, opts: LoadOptions | None = None, progress: Progress | None = None) -> "Model":
@@ -118,12 +138,46 @@ class Model:
             kernels.set_threads(opts.threads)
         if progress:
             progress(0.0, "opening")
-        g = GGUFFile.open(Path(path), mmap=opts.mmap, mlock=opts.mlock)
+        # weights mapped in now (not by the first prompt), except those that offload uploads to the GPU
+        g = GGUFFile.open(Path(path), mmap=opts.mmap, mlock=opts.mlock, populate=opts.gpu_layers == 0)
         try:
             return cls(g, opts, progress)
         except BaseException:
             g.close()
             raise
+
+    def _warmup(self) -> None:
+        """Reach the memory plan's peak now, so a first long prompt finds little memory gone: one full
+        ubatch through WARMUP_LAYERS layers (every layer's activations and attention use buffers of the
+        same sizes, freed and reused layer after layer; attention's K/V f32 buffers are made at their
+        full size), then the output head on its last row, at a fraction of a full pass's cost (a 512-token
+        prefill). What it does not reach is the free blocks the allocator keeps as a pass goes through all
+        the layers: SmolLM2 ctx 2048, peak RSS +4% after the first full ubatch (docs/memory.md). The
+        offload path runs the whole ubatch (its streaming slots and device buffers fill layer by layer)."""
+        bos = self.tokenizer.bos_id if (self.tokenizer.bos_id or -1) >= 0 else 0
+        ids = [bos] * self.n_ubatch
+        if self.offload is not None:
+            self.eval(ids)
+            self.reset()
+            return
+        net = self.net
+        pos = np.arange(len(ids), dtype=np.int64)
+        slots = self.kv.find_slot(pos, 0)
+        n_kv = {c.name: c.n_kv() for c in self.kv.caches}
+        step = Step(ids, pos, 0, {c.name: s for c, s in zip(self.kv.caches, slots)}, n_kv,
+                    {c.name: c.mask(pos, 0, n_kv[c.name]) for c in self.kv.caches})
+        # global layers first (their cache is the largest), then the others
+        layers = sorted(range(net.hp.n_layer), key=lambda i: -self.kv.cache_of(i).n_cells)[:WARMUP_LAYERS]
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                x = net.embed(ids)
+                for il in layers:
+                    x = net.block(il, x, net.layers[il], step, self.kv, self.scratch)
+                x = rms_norm(x[-1:], net.output_norm, net.hp.eps)
+                net.logits(linear(x, net.output)[0])
+        finally:
+            self.reset()
 
     # ---- state -------------------------------------------------------------------------------------
     def cached_tokens(self, seq_id: int = 0) -> list[int]:
