@@ -4,15 +4,19 @@ whose concatenation is the highest-scoring vocabulary token (leftmost on ties), 
 left outside the vocabulary as <0xXX> byte tokens."""
 from __future__ import annotations
 
+from array import array
 from heapq import heapify, heappop, heappush
+
+import numpy as np
 
 SPACE = "\u2581"   # ▁, SentencePiece's escaped space
 
 
 class SPMEncoder:
-    def __init__(self, token_to_id: dict[str, int], scores: list[float]):
+    def __init__(self, token_to_id: dict[str, int], scores):
         self._ids = token_to_id
-        self._neg = [-s for s in scores]
+        # negated scores, 4 bytes a token (a list of Python floats took 32): exact, they are float32
+        self._neg = array("f", (-np.asarray(scores, dtype=np.float32)).tobytes())
         self._bytes = [self._byte_token(b) for b in range(256)]
 
     def _byte_token(self, b: int) -> int | None:

@@ -25,7 +25,7 @@ class Tokenizer:
         self.eog_ids: frozenset[int] = vocab.eog_ids
         self.add_bos = vocab.add_bos
         self.add_eos = vocab.add_eos
-        self._pieces: list[bytes | None] = [None] * vocab.n_vocab
+        self._pieces: dict[int, bytes] = {}      # rendered on first use
 
     # -- encoding --------------------------------------------------------------------------------
     def encode(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
@@ -73,7 +73,7 @@ class Tokenizer:
         self._check(token_id)
         if not special and self.vocab.attrs[token_id] & _SPECIAL:
             return b""
-        p = self._pieces[token_id]
+        p = self._pieces.get(token_id)
         if p is None:
             p = self._pieces[token_id] = self._render(token_id)
         return p

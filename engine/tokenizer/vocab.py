@@ -3,8 +3,11 @@ end-of-generation set, add-BOS/EOS flags, and the special-token partition of raw
 from __future__ import annotations
 
 import re
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from engine.errors import BadModelFile
 
@@ -34,9 +37,9 @@ _BYTE_TEXT = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 class Vocab:
     model: str                    # "llama" (SPM) or "gpt2" (BPE)
     pre: str
-    tokens: list[str]
-    scores: list[float]
-    attrs: list[int]
+    tokens: list[str]             # the metadata's own list (shared, not copied) unless a token was empty
+    scores: np.ndarray            # float32 [n_vocab]
+    attrs: array                  # uint16 attribute bits per token (array("H"): 2 bytes a token)
     token_to_id: dict[str, int]
     bos_id: int | None
     eos_id: int | None
@@ -133,16 +136,25 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
         bad = next(i for i, t in enumerate(tokens) if not _utf8(t))
         raise BadModelFile(f"GGUF token {bad} is not valid UTF-8 ({tokens[bad].encode('utf-8', 'surrogateescape')[:16]!r});"
                            f" the vocabulary is corrupt") from None
-    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    if not all(tokens):
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     token_to_id = dict(zip(tokens, range(n)))
     if len(token_to_id) != n:
         raise BadModelFile(f"GGUF vocabulary has {n - len(token_to_id)} duplicate tokens; re-convert the model")
     scores_raw = meta.get("tokenizer.ggml.scores")
-    scores = [float(x) for x in _tolist(scores_raw)] if scores_raw is not None else [0.0] * n
     types = meta.get("tokenizer.ggml.token_type")
-    if len(scores) < n or (types is not None and len(types) < n):
+    if (scores_raw is not None and len(scores_raw) < n) or (types is not None and len(types) < n):
         raise BadModelFile("GGUF tokenizer.ggml.scores/token_type are shorter than the vocabulary")
-    attrs = [_TYPE_TO_ATTR.get(t, UNDEFINED) for t in _tolist(types)[:n]] if types is not None else [NORMAL] * n
+    try:
+        scores = (np.asarray(scores_raw, dtype=np.float32)[:n].copy() if scores_raw is not None
+                  else np.zeros(n, dtype=np.float32))
+    except (TypeError, ValueError):
+        raise BadModelFile("GGUF tokenizer.ggml.scores holds something other than numbers; the vocabulary is "
+                           "corrupt") from None
+    if types is not None:
+        attrs = array("H", [_TYPE_TO_ATTR.get(t, UNDEFINED) for t in _tolist(types)[:n]])
+    else:
+        attrs = array("H", [NORMAL]) * n
     for i in (i for i, a in enumerate(attrs) if a & BYTE):
         if not _BYTE_TEXT.fullmatch(tokens[i]):
             raise BadModelFile(f"GGUF token {i} is marked as a byte token but its text is {tokens[i][:20]!r}, "
