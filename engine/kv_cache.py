@@ -17,6 +17,7 @@ Attention reads only cells [0, n_kv), the range in use.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
@@ -68,6 +69,70 @@ def _bits(seq_id) -> int | np.ndarray:
     return np.left_shift(np.int64(1), ids)
 
 
+class CellMask:
+    """Which of a cache's cells [0, n_kv) each query of a ubatch may see: its own sequence's cells, not in
+    its future, inside the window on a sliding cache. Kept as the cells' positions and sequence bits, so
+    the f32 mask (0 or -inf) is made a block of query rows at a time (`block`: memory bounded by the
+    block, not by n_kv x the ubatch) or whole (`full`, for one token or a short ubatch)."""
+
+    def __init__(self, cache: "KVCache", pos: np.ndarray, seq_id, n_kv: int):
+        self.pos, self.n_kv, self.window = pos, int(n_kv), cache.swa_window
+        self.cell_pos = cache.pos[:n_kv].copy()
+        self.cell_seq = cache.seq[:n_kv].copy()
+        self.bits = _bits(seq_id)
+        self._full: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.pos), self.n_kv
+
+    def visible(self, r0: int, r1: int) -> np.ndarray:
+        """bool [r1 - r0, n_kv]: query rows r0..r1 against every cell."""
+        q = self.pos[r0:r1, None]
+        bits = self.bits if isinstance(self.bits, int) else self.bits[r0:r1, None]
+        ok = ((self.cell_seq[None, :] & bits) != 0) & (self.cell_pos[None, :] <= q)
+        if self.window > 0:
+            ok &= (q - self.cell_pos[None, :]) < self.window
+        return ok
+
+    @staticmethod
+    def _f32(ok: np.ndarray) -> torch.Tensor:
+        m = torch.zeros(ok.shape, dtype=torch.float32)
+        m.masked_fill_(torch.from_numpy(~ok), float("-inf"))
+        return m
+
+    def full(self) -> torch.Tensor:
+        """f32 [n, n_kv], made once (every layer of a step reads the same)."""
+        if self._full is None:
+            self._full = self._f32(self.visible(0, len(self.pos)))
+        return self._full
+
+    def block(self, r0: int, r1: int) -> tuple[int, int, torch.Tensor]:
+        """The cells [c0, c1) that any of query rows r0..r1 may see (a causal prompt skips those after its
+        last row, a sliding window those behind its first) and the f32 mask [r1 - r0, c1 - c0] over them."""
+        ok = self.visible(r0, r1)
+        seen = np.flatnonzero(ok.any(0))
+        c0, c1 = (int(seen[0]), int(seen[-1]) + 1) if seen.size else (0, 0)
+        return c0, c1, self._f32(ok[:, c0:c1])
+
+
+class StepMasks(Mapping):
+    """A ubatch's masks, per cache name: `cells[name]` the CellMask, `[name]` the whole f32 mask, made on
+    first use (a one-token step reads it; a long prefill only ever takes blocks of it)."""
+
+    def __init__(self, cells: dict[str, CellMask]):
+        self.cells = cells
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.cells[name].full()
+
+    def __iter__(self):
+        return iter(self.cells)
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+
 class KVCache:
     """Cells shared by a group of layers, with each layer's K and V rows."""
 
@@ -87,6 +152,7 @@ class KVCache:
         # allocated and touched now (zeros writes every page), so the first reply allocates nothing
         self.k = {il: torch.zeros(self.n_cells, row_width(kv_type, k_width), dtype=self.dtype) for il in layers}
         self.v = {il: torch.zeros(self.n_cells, row_width(kv_type, v_width), dtype=self.dtype) for il in layers}
+        self._f32: tuple[torch.Tensor, torch.Tensor] | None = None     # read_f32's buffers (one layer's K, V)
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     @property
@@ -188,18 +254,11 @@ class KVCache:
     def mask(self, pos: np.ndarray, seq_id, n_kv: int) -> torch.Tensor:
         """f32 [len(pos), n_kv]: 0 where a query may see a cell (its own sequence, not in its future,
         inside the window on a sliding cache), -inf elsewhere. seq_id: one id, or one per query."""
-        cp, cs = self.pos[:n_kv], self.seq[:n_kv]
-        q = pos[:, None]
-        if isinstance(seq_id, (int, np.integer)):
-            own = ((cs & _bit(int(seq_id))) != 0)[None, :]
-        else:
-            own = (cs[None, :] & _bits(seq_id)[:, None]) != 0
-        ok = own & (cp[None, :] <= q)
-        if self.swa_window > 0:
-            ok &= (q - cp[None, :]) < self.swa_window
-        m = torch.zeros(ok.shape, dtype=torch.float32)
-        m.masked_fill_(torch.from_numpy(~ok), float("-inf"))
-        return m
+        return CellMask(self, pos, seq_id, n_kv).full()
+
+    def cell_mask(self, pos: np.ndarray, seq_id, n_kv: int) -> CellMask:
+        """The same mask, made a block of query rows at a time (engine/ops.py attend)."""
+        return CellMask(self, pos, seq_id, n_kv)
 
     def seq_cells(self, seq_id: int, q_pos_min: int) -> np.ndarray:
         """seq_id's cells that a query at q_pos_min or later may see (on a sliding cache, those inside
@@ -239,6 +298,27 @@ class KVCache:
     def read(self, il: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of cells [0, n_kv) as f32."""
         return self._load(self.k[il][:n_kv], self.k_width), self._load(self.v[il][:n_kv], self.v_width)
+
+    def read_f32(self, il: int, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of cells [0, n_kv) as f32, like read, but converted into two buffers of n_cells rows
+        that every layer of the cache reuses (valid until the next read_f32): allocated and touched whole
+        on first use (the load's warmup), so a prompt at a full context converts into memory it already
+        has. CPU rows only."""
+        if self._f32 is None:
+            self._f32 = (torch.zeros(self.n_cells, self.k_width), torch.zeros(self.n_cells, self.v_width))
+        K, V = self._f32[0][:n_kv], self._f32[1][:n_kv]
+        if self.kv_type == "q8_0":
+            K.copy_(self._load(self.k[il][:n_kv], self.k_width))
+            V.copy_(self._load(self.v[il][:n_kv], self.v_width))
+        else:
+            K.copy_(self.k[il][:n_kv])
+            V.copy_(self.v[il][:n_kv])
+        return K, V
+
+    @property
+    def f32_nbytes(self) -> int:
+        """Bytes of read_f32's buffers once allocated (n_cells rows of K and V as f32)."""
+        return 4 * self.n_cells * (self.k_width + self.v_width)
 
     def read_cells(self, il: int, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the given cells (int64 indices), in that order, as f32."""

@@ -33,13 +33,19 @@ def activation_floats_per_token(h: Hparams) -> int:
 
 
 def attention_bytes(h: Hparams, n_q: int, n_kv: int) -> int:
-    """Transient bytes of one layer's attention over n_kv cells: torch's SDPA with a float mask and GQA
-    materializes the scores and their softmax (n_head x n_q x n_kv each) and K/V expanded to every query
-    head; the cache's K/V are read as f32, and the mask is f32 [n_q, n_kv]."""
+    """Transient bytes of one layer's attention over n_kv cells: the scores and their softmax (n_head x
+    n_q x n_kv each) and K/V expanded to every query head. (The cache's K/V read as f32 go to buffers
+    made at load, kv_f32_bytes; the mask is made a block of rows at a time, bounded with the scores.)"""
     n_head = max(h.n_head)
+    return F32 * (2 * n_head * n_q * n_kv + n_head * n_kv * (h.head_dim_k + h.head_dim_v))
+
+
+def kv_f32_bytes(h: Hparams, s) -> int:
+    """KVCache.read_f32's buffers: per cache, its cells' K and V as f32 (every layer of the cache reuses
+    them), made and touched by the warmup at load."""
     k, v = max(h.kv_width(il) for il in range(h.n_layer))
-    return F32 * (2 * n_head * n_q * n_kv + n_head * n_kv * (h.head_dim_k + h.head_dim_v)
-                  + n_kv * (k + v) + n_q * n_kv)
+    cells = s.ctx + (min(s.ctx, h.swa_window + s.n_ubatch) if any(h.swa_layers) else 0)
+    return F32 * cells * (k + v)
 
 
 def rope_tables(g, h: Hparams) -> int:
@@ -65,20 +71,19 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
         ("compute", f"activations ({ub} tokens)", int(ACT_FACTOR * F32 * ub * activation_floats_per_token(h)),
          "f32, reached by the warmup at load"),
         ("compute", f"attention ({ub} x {ub} cells)", attention_bytes(h, ub, ub), "scores, softmax, expanded K/V"),
+        ("compute", "K/V read as f32 (one layer per cache)", kv_f32_bytes(h, s), "every cell, made at load"),
         ("compute", "logits", 2 * F32 * h.n_vocab, "f32, last token"),
         ("overhead", "torch thread pools and kernels", TORCH_WARM, "measured once: after the first matmul"),
     ]
 
 
 def full_context_extra(h: Hparams, s) -> int:
-    """What attention adds over the warmup's (one full ubatch) peak once prompts fill the context. The runtime's
-    attention (engine/ops.py attend) takes fewer query rows per task as the cells grow, so its scores stay
-    the size they have at 512 cells; what grows is the f32 mask [ubatch, ctx] and each layer's K and V
-    read as f32 [ctx, width]."""
-    ub = s.n_ubatch
-    k, v = max(h.kv_width(il) for il in range(h.n_layer))
-    grow = max(0, s.ctx - ub)
-    return F32 * grow * (ub + k + v)
+    """What attention adds over the load's peak once prompts fill the context: nothing that grows with the
+    cells. The runtime's attention (engine/ops.py attend) takes fewer query rows per task as the cells
+    grow and makes the mask per task, so its scores and mask stay the size they have at 512 cells, and
+    K/V are read as f32 into buffers of every cell made at load (kv_f32_bytes). What is still seen is the
+    allocator keeping freed blocks (docs/memory.md), not modelled."""
+    return 0
 
 
 def gpu_plan(g, h: Hparams, s, layers, output, rows, ram, vram) -> None:

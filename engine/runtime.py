@@ -24,7 +24,7 @@ import torch
 from engine import kernels
 from engine.errors import BadRequest, Cancelled
 from engine.gguf import GGUFFile
-from engine.kv_cache import KV_TYPES, MAX_SEQ, KVMemory
+from engine.kv_cache import KV_TYPES, MAX_SEQ, KVMemory, StepMasks
 from engine.models import model_class
 from engine.models.base import Step, rms_norm
 from engine.offload_model import attach
@@ -165,7 +165,7 @@ class Model:
         slots = self.kv.find_slot(pos, 0)
         n_kv = {c.name: c.n_kv() for c in self.kv.caches}
         step = Step(ids, pos, 0, {c.name: s for c, s in zip(self.kv.caches, slots)}, n_kv,
-                    {c.name: c.mask(pos, 0, n_kv[c.name]) for c in self.kv.caches})
+                    StepMasks({c.name: c.cell_mask(pos, 0, n_kv[c.name]) for c in self.kv.caches}))
         # global layers first (their cache is the largest), then the others
         layers = sorted(range(net.hp.n_layer), key=lambda i: -self.kv.cache_of(i).n_cells)[:WARMUP_LAYERS]
         torch.set_num_threads(1)
@@ -221,7 +221,7 @@ class Model:
         self.kv.apply_shift(self.net.rope_shift)
         names = [c.name for c in self.kv.caches]
         n_kv = {c.name: c.n_kv() for c in self.kv.caches}
-        masks = {c.name: c.mask(pos, seq_id, n_kv[c.name]) for c in self.kv.caches}
+        masks = StepMasks({c.name: c.cell_mask(pos, seq_id, n_kv[c.name]) for c in self.kv.caches})
         step = Step(ids, pos, seq_id, dict(zip(names, slots)), n_kv, masks)
         # torch stays on one thread: the native kernels and ops' matmul split share the work between
         # threads that join when scheduled, where an OpenMP team waits for all of its threads

@@ -144,13 +144,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
         else:                                 # offload: rows stored where layer il's cache lives
             step.placed.store(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
         return attention_by_sequence(q, cache, il, step.groups[name], n_head_kv, scale)
-    mask = step.masks[name]
     if step.placed is None:
         cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
-        K, V = cache.read(il, step.n_kv[name])
+        # K/V into the cache's f32 buffers (made at load); the mask a block of rows at a time where the
+        # step keeps it as cells (Model._step): a prompt at a full context allocates nothing that grows
+        # with the cells
+        K, V = cache.read_f32(il, step.n_kv[name])
+        cells = getattr(step.masks, "cells", None)
+        mask = cells[name] if cells is not None else step.masks[name]
     else:                                     # offload: K/V where layer il's cache lives, mask on q's device
         K, V = step.placed.kv(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1), step.n_kv[name])
-        mask = step.placed.on(mask, q.device)
+        mask = step.placed.on(step.masks[name], q.device)
     return attend(q, K.view(-1, n_head_kv, cache.k_width // n_head_kv),
                   V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale)
 

@@ -293,3 +293,37 @@ def test_generation_runs_three_times_past_the_context(request, name):
     tail = r.tokens[-ctx // 2:]                                     # still varied after the last shift
     assert len(set(tail)) > len(tail) // 4
     assert "\ufffd" not in r.text
+
+
+@pytest.mark.parametrize("window", [0, 5])
+def test_cell_mask_blocks_are_the_whole_mask_over_the_cells_they_name(window):
+    """A ubatch's mask made a block of query rows at a time (what attend reads at prefill, bounded by the
+    block) equals the whole mask's rows over the block's cells, with nothing visible outside them."""
+    c = KVCache("g", [0], 32, 8, 8, "f16", swa_window=window)
+    c.apply(c.find_slot(np.arange(6), 1), np.arange(6), 1)            # another sequence's cells first
+    pos = np.arange(20, dtype=np.int64)
+    slots = c.find_slot(pos, 0)
+    c.apply(slots, pos, 0)
+    n_kv = c.n_kv()
+    full = c.mask(pos, 0, n_kv)
+    cm = c.cell_mask(pos, 0, n_kv)
+    assert torch.equal(cm.full(), full) and cm.shape == (20, n_kv)
+    for r0, r1 in [(0, 4), (4, 13), (13, 20)]:
+        c0, c1, m = cm.block(r0, r1)
+        assert torch.equal(m, full[r0:r1, c0:c1])
+        outside = torch.cat([full[r0:r1, :c0], full[r0:r1, c1:]], 1)
+        assert bool(torch.isinf(outside).all())
+        assert c1 - c0 <= n_kv and (c1 - c0 < n_kv or r1 == 20)
+
+
+def test_read_f32_equals_read_and_reuses_one_buffer():
+    c = KVCache("g", [0, 1], 16, 8, 8, "f16")
+    rng = np.random.default_rng(0)
+    for il in (0, 1):
+        c.write(il, np.arange(10), torch.from_numpy(rng.standard_normal((10, 8)).astype(np.float32)),
+                torch.from_numpy(rng.standard_normal((10, 8)).astype(np.float32)))
+    K0, V0 = c.read_f32(0, 10)
+    assert torch.equal(K0, c.read(0, 10)[0]) and torch.equal(V0, c.read(0, 10)[1])
+    ptr = K0.data_ptr()
+    K1, _ = c.read_f32(1, 7)
+    assert K1.data_ptr() == ptr and torch.equal(K1, c.read(1, 7)[0])
