@@ -4,15 +4,20 @@
     y = linear(x, w, scratch)                 # x f32 [n, cols] -> f32 [n, rows]
     e = get_rows(token_embd, ids)             # f32 [len(ids), cols]: only the looked-up rows
 
-Few rows (decode) run the native GEMV on the raw blocks. A batch (prefill) runs the native GEMM on
-the raw blocks where it has a tile kernel for the type (x quantized once as the GEMV does; every
-output bitwise equal to the GEMV's, so prefill and decode agree); otherwise it dequantizes the weight
-into the reused scratch and runs matmuls, in row chunks shared between threads (engine/split.py).
+Few rows (decode) run the native GEMV on the raw blocks. A batch (prefill) dequantizes the weight
+into the reused scratch and runs matmuls, in row chunks shared between threads (engine/split.py); or,
+with CELLAR_PREFILL=gemm, the native GEMM on the raw blocks where it has a tile kernel for the type (x
+quantized once as the GEMV does; every output bitwise equal to the GEMV's, so prefill and decode
+compute alike; no f32 copy of a weight).
 The scratch is f32 unless the CPU has a bf16 matmul unit (AMX or AVX-512 BF16): without one, a bf16
 matmul is 6-8x slower than f32, and the buffer is only a few MiB (the largest layer matrix).
 
-CELLAR_PREFILL=f32 keeps every batch on dequantize + matmul; CELLAR_PREFILL=q8 sends every quantized
-type to the native GEMM (even where it only has the dot per pair: exact, slower).
+CELLAR_PREFILL=f32 (the default) keeps every batch on dequantize + matmul; =gemm as above; =q8 sends
+every quantized type to the native GEMM (even where it only has the dot per pair: exact, slower).
+Why f32 stays the default: on this AVX2 machine (Zen 3) the GEMM runs at the matmul's speed (0.97-1.11x
+by type at one thread, tools/gemm_bench.py), and with it Gemma-3's greedy run with a bf16 KV cache
+meets a token llama.cpp prefers by 0.35 at step 34 of the 'long' prompt, over the 0.3 that
+tests/engine/test_runtime.py allows (every other greedy case passes on both paths).
 """
 from __future__ import annotations
 
@@ -31,9 +36,9 @@ MIN_CHUNK_ROWS = 64        # a matmul chunk of fewer weight rows runs below MKL'
 
 
 def _prefill_mode() -> str:
-    mode = os.environ.get("CELLAR_PREFILL", "").strip().lower() or "auto"
-    if mode not in ("auto", "q8", "f32"):
-        raise ValueError(f"CELLAR_PREFILL={mode!r}: choose auto, q8 or f32")
+    mode = os.environ.get("CELLAR_PREFILL", "").strip().lower() or "f32"
+    if mode not in ("f32", "gemm", "q8"):
+        raise ValueError(f"CELLAR_PREFILL={mode!r}: choose f32, gemm or q8")
     return mode
 
 
@@ -77,7 +82,8 @@ class Scratch:
     @classmethod
     def for_weights(cls, weights: Iterable[QTensor]) -> "Scratch":
         """Sized for the largest matrix a batch dequantizes: those without the native GEMM (on both
-        real models none, so the buffer is one element; the GEMM's quantized x is its own buffer)."""
+        real models none with CELLAR_PREFILL=gemm: the buffer is then one element; the GEMM's quantized
+        x is its own buffer)."""
         return cls(max((w.rows * w.cols for w in weights if not use_gemm(w)), default=1))
 
     @property
@@ -148,47 +154,36 @@ ATTEND_BLOCK = 128         # query rows per attention task at prefill
 ATTEND_SCORES = ATTEND_BLOCK * 512     # query rows x cells per task: bounds the scores a task holds
 
 
-def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float) -> torch.Tensor:
+def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q K^T * scale + mask) V with grouped-query heads, as two batched matmuls per K/V head.
 
-    q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf), or a
-    kv_cache.CellMask that makes it a block of rows at a time; query head h reads K/V head
-    h // (heads / heads_kv). -> [n, heads * dv]. On the CPU this is 2-3x faster than
-    scaled_dot_product_attention with a mask (and than its flash kernel with is_causal), at prefill and
-    at decode alike: the queries sharing a K/V head become one matrix.
+    q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf);
+    query head h reads K/V head h // (heads / heads_kv). -> [n, heads * dv]. On the CPU this is 2-3x
+    faster than scaled_dot_product_attention with a mask (and than its flash kernel with is_causal),
+    at prefill and at decode alike: the queries sharing a K/V head become one matrix.
 
-    A long ubatch, or one over many cells, runs in blocks of query rows (fewer the more cells there are),
-    shared between threads (engine/split.py); each block reads only the cells between its rows' first and
-    last visible ones (a causal prompt skips the upper triangle, a sliding window the cells behind it)."""
-    n, n_kv = q.shape[0], K.shape[0]
-    if q.device.type != "cpu" or (n <= ATTEND_BLOCK and n * n_kv <= ATTEND_SCORES):
-        return _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale)
-    if not hasattr(mask, "block"):
-        mask = _DenseMask(mask)
+    A long ubatch runs in blocks of query rows (fewer the more cells there are), shared between threads
+    (engine/split.py); each block
+    reads only the cells between its rows' first and last visible ones (a causal prompt skips the
+    upper triangle, a sliding window the cells behind it)."""
+    n = q.shape[0]
+    if n <= ATTEND_BLOCK or q.device.type != "cpu":
+        return _attend(q, K, V, mask, scale)
+    ok = mask == 0
+    n_kv = ok.shape[1]
+    first = ok.to(torch.uint8).argmax(1)
+    last = n_kv - 1 - ok.flip(1).to(torch.uint8).argmax(1)
     out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
 
     def block(r0: int, r1: int) -> None:
-        c0, c1, m = mask.block(r0, r1)
-        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], m, scale)
+        c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max()) + 1
+        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], mask[r0:r1, c0:c1], scale)
 
-    # fewer rows per task as the cells grow, so a task's scores (and its mask) stay the size they have at
-    # 512 cells whatever the context: the peak RSS of a prompt at a full context stays that of the load
-    rows = max(1, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
+    # fewer rows per task as the cells grow, so a task's scores stay the size they have at 512 cells
+    # and the peak RSS of a prompt at a full context stays that of its first ubatch
+    rows = max(16, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
     split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in range(0, n, rows)])
     return out
-
-
-class _DenseMask:
-    """A whole f32 mask tensor, served a block of rows at a time as CellMask.block does."""
-
-    def __init__(self, m: torch.Tensor):
-        self.m = m
-
-    def block(self, r0: int, r1: int) -> tuple[int, int, torch.Tensor]:
-        m = self.m[r0:r1]
-        seen = torch.nonzero((m == 0).any(0)).flatten()
-        c0, c1 = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, 0)
-        return c0, c1, m[:, c0:c1]
 
 
 def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

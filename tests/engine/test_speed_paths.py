@@ -64,18 +64,19 @@ def test_batched_linear_matches_dequantize_then_matmul(qtype, threads, monkeypat
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K])
-def test_batched_linear_takes_the_gemm_bitwise_equal_to_the_gemv(qtype):
-    """The default prefill path on the types with a tile kernel: the native GEMM, every output bitwise
-    what the GEMV (decode) gives for that row; within the q8 activation's rounding of the f32 product."""
+def test_batched_linear_takes_the_gemm_bitwise_equal_to_the_gemv(qtype, monkeypatch):
+    """CELLAR_PREFILL=gemm on the types with a tile kernel: the native GEMM, every output bitwise what
+    the GEMV (decode) gives for that row; within the q8 activation's rounding of the f32 product."""
     if not kernels.AVAILABLE or not kernels.has_gemm():
         pytest.skip("native library not built")
+    monkeypatch.setattr(ops, "PREFILL", "gemm")
     rng = np.random.default_rng(int(qtype))
     rows, cols = 300, 512
     w = QTensor("w", qtype, (rows, cols), raw_tensor(qtype, (rows, cols), rng).data)
     x = torch.from_numpy(rng.standard_normal((40, cols)).astype(np.float32))
     assert ops.use_gemm(w) == (ops.PREFILL != "f32" and kernels.gemm_tiled(w))
     if not ops.use_gemm(w):
-        pytest.skip(f"no tile kernel for {qtype.name} on {kernels.ISA}, or CELLAR_PREFILL=f32")
+        pytest.skip(f"no tile kernel for {qtype.name} on {kernels.ISA}")
     got = ops.linear(x, w, ops.Scratch.for_weights([w]))
     assert torch.equal(got, kernels.gemv(w, x))
     ref = x @ dequantize_torch(w.data, qtype, (rows, cols)).T
@@ -84,11 +85,12 @@ def test_batched_linear_takes_the_gemm_bitwise_equal_to_the_gemv(qtype):
 
 def test_scratch_holds_only_the_weights_that_dequantize(monkeypatch):
     """The f32 scratch is sized for the matrices a batch dequantizes: none when every weight takes the
-    GEMM; a weight that needs it later (CELLAR_PREFILL=f32 set after load) grows it once."""
+    GEMM (CELLAR_PREFILL=gemm); a weight that needs it later (f32 set after load) grows it once."""
+    monkeypatch.setattr(ops, "PREFILL", "gemm")
     rng = np.random.default_rng(2)
     q = QTensor("q", GGMLType.Q4_1, (64, 256), raw_tensor(GGMLType.Q4_1, (64, 256), rng).data)
     f = QTensor("f", GGMLType.F16, (32, 256), raw_tensor(GGMLType.F16, (32, 256), rng).data)
-    expect_q = 1 if ops.use_gemm(q) else 64 * 256
+    expect_q = 1 if kernels.gemm_tiled(q) else 64 * 256
     assert ops.Scratch.for_weights([q]).buf.numel() == expect_q
     assert ops.Scratch.for_weights([q, f]).buf.numel() == max(expect_q, 32 * 256)
     sc = ops.Scratch.for_weights([q])
