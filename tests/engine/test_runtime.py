@@ -191,9 +191,11 @@ def test_cli_run_bad_kv_type_is_one_line(smollm2_path):
 
 
 # ---- memory: the first ubatch's peak holds through a full context ----------------------------------------
-# issue #5 asks for < 3%; runs measured +2.8% and +3.6% (by hand) and +5.3% (one fresh-clone CI run) (the f32 mask and K/V read
-# as f32 that grow with the cells, kept by the allocator), so the bound holds what is reliably true today
-MAX_GROWTH = 0.08
+# issue #5 asks for < 3%. Since the mask is made per attention task and K/V are read into f32 buffers made at
+# load, nothing allocated grows with the cells; what is left is the allocator keeping freed blocks as the
+# ubatches go: five runs by hand (SmolLM2 ctx 2048, a loaded 2-core machine) measured +1.4% to +3.2%
+# (+2.8% to +5.3% before, when the mask and K/V f32 grew with the cells)
+MAX_GROWTH = 0.05
 RSS_PROBE = """
 import json, sys
 from engine.runtime import LoadOptions, Model
@@ -221,10 +223,9 @@ def test_peak_rss_after_a_full_context_stays_near_the_first_ubatch_peak(smollm2_
     the memory planner predicts. A prompt that fills ctx 2048 makes each ubatch attend over up to 2048
     cells: the peak may grow by less than MAX_GROWTH over the first ubatch's.
 
-    Measured (SmolLM2, ctx 2048): +10% when attention ran 128 query rows per task whatever the cells
-    (scores grow with the cells); +3-4% since tasks take fewer rows as the cells grow. What is left grows
-    with the cells and is kept by the allocator: the f32 mask (4 MiB at 512 x 2048) and its boolean
-    temporaries, and each layer's K and V read as f32 (1.5 MiB each)."""
+    Measured (SmolLM2, ctx 2048): +10% when attention ran 128 query rows per task whatever the cells;
+    +3-5% with fewer rows as the cells grow (the f32 mask and K/V read as f32 still grew); +1.4-3.2% since
+    both are bounded (the mask made per task, K/V into buffers made at load): the allocator's kept blocks."""
     ctx = 2048
     r = subprocess.run([sys.executable, "-c", RSS_PROBE, str(smollm2_path), str(ctx)], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
