@@ -14,10 +14,12 @@ matmul is 6-8x slower than f32, and the buffer is only a few MiB (the largest la
 
 CELLAR_PREFILL=f32 (the default) keeps every batch on dequantize + matmul; =gemm as above; =q8 sends
 every quantized type to the native GEMM (even where it only has the dot per pair: exact, slower).
-Why f32 stays the default: on this AVX2 machine (Zen 3) the GEMM runs at the matmul's speed (0.97-1.11x
-by type at one thread, tools/gemm_bench.py), and with it Gemma-3's greedy run with a bf16 KV cache
-meets a token llama.cpp prefers by 0.35 at step 34 of the 'long' prompt, over the 0.3 that
-tests/engine/test_runtime.py allows (every other greedy case passes on both paths).
+Why f32 stays the default: on this AVX2 machine (Zen 3; n = 512, one thread, tools/gemm_bench.py) the
+GEMM is 1.19-1.38x the matmul on Q4_K/Q5_K/Q6_K but 0.80-1.00x on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (a 32-value
+block costs maddubs + madd + an FMA per activation row, on the two pipes f32 FMAs use), and it moves
+greedy near-ties: with it on every tiled type Gemma-3's bf16-KV run meets a 0.35 llama.cpp gap at
+step 34 of 'long', with it on the k-quants only the f16 run a 0.42 gap at step 11 of 'chat', over
+the 0.3 tests/engine/test_runtime.py allows (on f32 all of them pass).
 """
 from __future__ import annotations
 
@@ -154,47 +156,36 @@ ATTEND_BLOCK = 128         # query rows per attention task at prefill
 ATTEND_SCORES = ATTEND_BLOCK * 512     # query rows x cells per task: bounds the scores a task holds
 
 
-def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float) -> torch.Tensor:
+def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q K^T * scale + mask) V with grouped-query heads, as two batched matmuls per K/V head.
 
-    q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf), or a
-    kv_cache.CellMask that makes it a block of rows at a time; query head h reads K/V head
-    h // (heads / heads_kv). -> [n, heads * dv]. On the CPU this is 2-3x faster than
-    scaled_dot_product_attention with a mask (and than its flash kernel with is_causal), at prefill and
-    at decode alike: the queries sharing a K/V head become one matrix.
+    q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf);
+    query head h reads K/V head h // (heads / heads_kv). -> [n, heads * dv]. On the CPU this is 2-3x
+    faster than scaled_dot_product_attention with a mask (and than its flash kernel with is_causal),
+    at prefill and at decode alike: the queries sharing a K/V head become one matrix.
 
-    A long ubatch, or one over many cells, runs in blocks of query rows (fewer the more cells there are),
-    shared between threads (engine/split.py); each block reads only the cells between its rows' first and
-    last visible ones (a causal prompt skips the upper triangle, a sliding window the cells behind it)."""
-    n, n_kv = q.shape[0], K.shape[0]
-    if q.device.type != "cpu" or (n <= ATTEND_BLOCK and n * n_kv <= ATTEND_SCORES):
-        return _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale)
-    if not hasattr(mask, "block"):
-        mask = _DenseMask(mask)
+    A long ubatch runs in blocks of query rows (fewer the more cells there are), shared between threads
+    (engine/split.py); each block
+    reads only the cells between its rows' first and last visible ones (a causal prompt skips the
+    upper triangle, a sliding window the cells behind it)."""
+    n = q.shape[0]
+    if n <= ATTEND_BLOCK or q.device.type != "cpu":
+        return _attend(q, K, V, mask, scale)
+    ok = mask == 0
+    n_kv = ok.shape[1]
+    first = ok.to(torch.uint8).argmax(1)
+    last = n_kv - 1 - ok.flip(1).to(torch.uint8).argmax(1)
     out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
 
     def block(r0: int, r1: int) -> None:
-        c0, c1, m = mask.block(r0, r1)
-        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], m, scale)
+        c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max()) + 1
+        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], mask[r0:r1, c0:c1], scale)
 
-    # fewer rows per task as the cells grow, so a task's scores (and its mask) stay the size they have at
-    # 512 cells whatever the context: the peak RSS of a prompt at a full context stays that of the load
-    rows = max(1, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
+    # fewer rows per task as the cells grow, so a task's scores stay the size they have at 512 cells
+    # and the peak RSS of a prompt at a full context stays that of its first ubatch
+    rows = max(16, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
     split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in range(0, n, rows)])
     return out
-
-
-class _DenseMask:
-    """A whole f32 mask tensor, served a block of rows at a time as CellMask.block does."""
-
-    def __init__(self, m: torch.Tensor):
-        self.m = m
-
-    def block(self, r0: int, r1: int) -> tuple[int, int, torch.Tensor]:
-        m = self.m[r0:r1]
-        seen = torch.nonzero((m == 0).any(0)).flatten()
-        c0, c1 = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, 0)
-        return c0, c1, m[:, c0:c1]
 
 
 def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
