@@ -156,36 +156,47 @@ ATTEND_BLOCK = 128         # query rows per attention task at prefill
 ATTEND_SCORES = ATTEND_BLOCK * 512     # query rows x cells per task: bounds the scores a task holds
 
 
-def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float) -> torch.Tensor:
     """softmax(q K^T * scale + mask) V with grouped-query heads, as two batched matmuls per K/V head.
 
-    q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf);
-    query head h reads K/V head h // (heads / heads_kv). -> [n, heads * dv]. On the CPU this is 2-3x
-    faster than scaled_dot_product_attention with a mask (and than its flash kernel with is_causal),
-    at prefill and at decode alike: the queries sharing a K/V head become one matrix.
+    q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf), or a
+    kv_cache.CellMask that makes it a block of rows at a time; query head h reads K/V head
+    h // (heads / heads_kv). -> [n, heads * dv]. On the CPU this is 2-3x faster than
+    scaled_dot_product_attention with a mask (and than its flash kernel with is_causal), at prefill and
+    at decode alike: the queries sharing a K/V head become one matrix.
 
-    A long ubatch runs in blocks of query rows (fewer the more cells there are), shared between threads
-    (engine/split.py); each block
-    reads only the cells between its rows' first and last visible ones (a causal prompt skips the
-    upper triangle, a sliding window the cells behind it)."""
-    n = q.shape[0]
-    if n <= ATTEND_BLOCK or q.device.type != "cpu":
-        return _attend(q, K, V, mask, scale)
-    ok = mask == 0
-    n_kv = ok.shape[1]
-    first = ok.to(torch.uint8).argmax(1)
-    last = n_kv - 1 - ok.flip(1).to(torch.uint8).argmax(1)
+    A long ubatch, or one over many cells, runs in blocks of query rows (fewer the more cells there are),
+    shared between threads (engine/split.py); each block reads only the cells between its rows' first and
+    last visible ones (a causal prompt skips the upper triangle, a sliding window the cells behind it)."""
+    n, n_kv = q.shape[0], K.shape[0]
+    if q.device.type != "cpu" or (n <= ATTEND_BLOCK and n * n_kv <= ATTEND_SCORES):
+        return _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale)
+    if not hasattr(mask, "block"):
+        mask = _DenseMask(mask)
     out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
 
     def block(r0: int, r1: int) -> None:
-        c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max()) + 1
-        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], mask[r0:r1, c0:c1], scale)
+        c0, c1, m = mask.block(r0, r1)
+        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], m, scale)
 
-    # fewer rows per task as the cells grow, so a task's scores stay the size they have at 512 cells
-    # and the peak RSS of a prompt at a full context stays that of its first ubatch
-    rows = max(16, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
+    # fewer rows per task as the cells grow, so a task's scores (and its mask) stay the size they have at
+    # 512 cells whatever the context: the peak RSS of a prompt at a full context stays that of the load
+    rows = max(1, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
     split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in range(0, n, rows)])
     return out
+
+
+class _DenseMask:
+    """A whole f32 mask tensor, served a block of rows at a time as CellMask.block does."""
+
+    def __init__(self, m: torch.Tensor):
+        self.m = m
+
+    def block(self, r0: int, r1: int) -> tuple[int, int, torch.Tensor]:
+        m = self.m[r0:r1]
+        seen = torch.nonzero((m == 0).any(0)).flatten()
+        c0, c1 = (int(seen[0]), int(seen[-1]) + 1) if len(seen) else (0, 0)
+        return c0, c1, m[:, c0:c1]
 
 
 def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
