@@ -156,7 +156,8 @@ ATTEND_BLOCK = 128         # query rows per attention task at prefill
 ATTEND_SCORES = ATTEND_BLOCK * 512     # query rows x cells per task: bounds the scores a task holds
 
 
-def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float) -> torch.Tensor:
+def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float,
+           cache_dtype: torch.dtype | None = None) -> torch.Tensor:
     """softmax(q K^T * scale + mask) V with grouped-query heads, as two batched matmuls per K/V head.
 
     q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf), or a
@@ -167,17 +168,21 @@ def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float
 
     A long ubatch, or one over many cells, runs in blocks of query rows (fewer the more cells there are),
     shared between threads (engine/split.py); each block reads only the cells between its rows' first and
-    last visible ones (a causal prompt skips the upper triangle, a sliding window the cells behind it)."""
+    last visible ones (a causal prompt skips the upper triangle, a sliding window the cells behind it).
+
+    cache_dtype (f16 or bf16: the cache's type) rounds as llama.cpp's attention without flash attention
+    does: its matmuls convert the f32 operand to the cache's type, so q is rounded to it before q K^T and
+    the softmax probabilities before their product with V (both products accumulate in f32)."""
     n, n_kv = q.shape[0], K.shape[0]
     if q.device.type != "cpu" or (n <= ATTEND_BLOCK and n * n_kv <= ATTEND_SCORES):
-        return _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale)
+        return _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale, cache_dtype)
     if not hasattr(mask, "block"):
         mask = _DenseMask(mask)
     out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
 
     def block(r0: int, r1: int) -> None:
         c0, c1, m = mask.block(r0, r1)
-        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], m, scale)
+        out[r0:r1] = _attend(q[r0:r1], K[c0:c1], V[c0:c1], m, scale, cache_dtype)
 
     # fewer rows per task as the cells grow, so a task's scores (and its mask) stay the size they have at
     # 512 cells whatever the context: the peak RSS of a prompt at a full context stays that of the load
@@ -199,14 +204,19 @@ class _DenseMask:
         return c0, c1, m[:, c0:c1]
 
 
-def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tensor, scale: float,
+            cache_dtype: torch.dtype | None = None) -> torch.Tensor:
     n, heads, d = q.shape
     n_kv, heads_kv, dv = V.shape
     g = heads // heads_kv
     qg = q.view(n, heads_kv, g, d).permute(1, 2, 0, 3).reshape(heads_kv, g * n, d)
+    if cache_dtype is not None:
+        qg = qg.to(cache_dtype).float()
     s = torch.bmm(qg, K.permute(1, 2, 0))
     if scale != 1.0:
         s.mul_(scale)
     s = s.view(heads_kv, g, n, n_kv).add_(mask).softmax(-1).view(heads_kv, g * n, n_kv)
+    if cache_dtype is not None:
+        s = s.to(cache_dtype).float()
     o = torch.bmm(s, V.transpose(0, 1))                         # [heads_kv, g*n, dv]
     return o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3).reshape(n, heads * dv)

@@ -7,6 +7,8 @@ F32 norm vectors become torch tensors.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -61,16 +63,59 @@ def meta(g, key: str, cast=None):
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    """RMSNorm over the last dimension with ggml's rounding points: the f32 squares summed in double,
+    mean rounded to f32, scale = 1.0f / sqrtf(mean + eps), then (x * scale) * w as two f32 products.
+    The square root is taken in double and rounded (correctly rounded sqrtf): torch's f32 sqrt is not
+    always (sqrt(790.4998) came out 1 ulp low)."""
+    ss = torch.sum(x * x, -1, keepdim=True, dtype=torch.float64)
+    root = (ss / x.shape[-1]).float().add_(eps).double().sqrt_().float()
+    return x * root.reciprocal_() * w
+
+
+def _libm():
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        for name in ("cosf", "sinf"):
+            getattr(lib, name).restype = ctypes.c_float
+            getattr(lib, name).argtypes = [ctypes.c_float]
+        lib.powf.restype = ctypes.c_float
+        lib.powf.argtypes = [ctypes.c_float, ctypes.c_float]
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBM = _libm()
+
+
+def _trig_f32(angles: np.ndarray, fn: str) -> np.ndarray:
+    """cosf / sinf of f32 angles as the C library gives them (ggml's rope cache calls cosf and sinf).
+    Computed in double and rounded; where the double lies near a midpoint between two floats (where a
+    libm that is not correctly rounded may round the other way) the C library itself is asked."""
+    exact = (np.cos if fn == "cosf" else np.sin)(angles.astype(np.float64))
+    out = exact.astype(np.float32)
+    if _LIBM is None:
+        return out
+    ulp = np.spacing(np.abs(out)).astype(np.float64)
+    near = np.abs(exact - out) > 0.45 * ulp
+    if near.any():
+        f = getattr(_LIBM, fn)
+        out[near] = [f(float(a)) for a in angles[near]]
+    return out
 
 
 class Rope:
     """Rotary embedding as ggml computes it: theta_i = p * base^(-2i/n_rot), the powers accumulated in
-    f32 one by one; "normal" rotates pairs (x[2i], x[2i+1]), "neox" pairs (x[i], x[i + n_rot/2])."""
+    f32 one by one, cosf/sinf of each; "normal" rotates pairs (x[2i], x[2i+1]), "neox" pairs
+    (x[i], x[i + n_rot/2]), each as ggml's compiled loop rounds it: x0*cos - x1*sin and x0*sin + x1*cos
+    with the first product fused into the add (an FMA), the second rounded to f32."""
 
     def __init__(self, n_rot: int, base: float, neox: bool, n_pos: int, freq_scale: float = 1.0):
         self.n_rot, self.neox = n_rot, neox
-        self.scale = np.float32(base) ** np.float32(-2.0 / n_rot)
+        if _LIBM is not None:
+            self.scale = np.float32(_LIBM.powf(float(np.float32(base)), float(np.float32(-2.0 / n_rot))))
+        else:
+            self.scale = np.float32(base) ** np.float32(-2.0 / n_rot)
         self.freq_scale = np.float32(freq_scale)
         self.cos, self.sin = self._table(np.arange(n_pos))
         self._last_pos: np.ndarray | None = None
@@ -84,7 +129,7 @@ class Rope:
             theta = theta * self.scale
         if self.freq_scale != 1:
             angles *= self.freq_scale
-        return torch.from_numpy(np.cos(angles)), torch.from_numpy(np.sin(angles))
+        return torch.from_numpy(_trig_f32(angles, "cosf")), torch.from_numpy(_trig_f32(angles, "sinf"))
 
     def angles(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if pos is self._last_pos:             # every layer of a step rotates at the same positions
@@ -106,10 +151,12 @@ class Rope:
         r, rest = x[..., : self.n_rot], x[..., self.n_rot:]
         if self.neox:
             a, b = r[..., : self.n_rot // 2], r[..., self.n_rot // 2:]
-            out = torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
         else:
             a, b = r[..., 0::2], r[..., 1::2]
-            out = torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+        a64 = a.double()
+        lo = torch.addcmul(-(b * sin).double(), a64, cos.double()).float()
+        hi = torch.addcmul((b * cos).double(), a64, sin.double()).float()
+        out = torch.cat([lo, hi], -1) if self.neox else torch.stack([lo, hi], -1).flatten(-2)
         return torch.cat([out, rest], -1) if rest.shape[-1] else out
 
 
@@ -129,6 +176,11 @@ class Step:
     # own cells in position order and the mask over them; attention then reads each sequence's cells only
     groups: dict[str, list[tuple[int, int, torch.Tensor, torch.Tensor]]] | None = None
     placed: Any = None                # engine.offload_runtime.OffloadStep while layers run offloaded
+
+
+# llama.cpp's attention without flash attention rounds q and the probabilities to an f16 / bf16 cache's
+# type (engine.ops.attend); a q8_0 cache runs its flash attention, which Cellar does not follow
+ROUNDS_LIKE = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, il: int, step: Step,
@@ -156,7 +208,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
         K, V = step.placed.kv(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1), step.n_kv[name])
         mask = step.placed.on(step.masks[name], q.device)
     return attend(q, K.view(-1, n_head_kv, cache.k_width // n_head_kv),
-                  V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale)
+                  V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale, ROUNDS_LIKE.get(cache.kv_type))
 
 
 def attention_by_sequence(q: torch.Tensor, cache: KVCache, il: int, groups, n_head_kv: int,
@@ -168,7 +220,8 @@ def attention_by_sequence(q: torch.Tensor, cache: KVCache, il: int, groups, n_he
         K, V = cache.read_cells(il, cells)
         K, V, mask = K.to(q.device), V.to(q.device), mask.to(q.device)     # no-ops unless offloaded
         out.append(attend(q[r0:r1], K.view(-1, n_head_kv, cache.k_width // n_head_kv),
-                          V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale))
+                          V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale,
+                          ROUNDS_LIKE.get(cache.kv_type)))
     return out[0] if len(out) == 1 else torch.cat(out)
 
 
@@ -283,9 +336,40 @@ def swiglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
     return linear(F.silu(gate).mul_(up), w["ffn_down"], scratch)
 
 
+def _gelu_table() -> torch.Tensor:
+    """ggml's GELU(tanh) table (GGML_GELU_FP16): the f32 formula on every half, rounded to a half; the
+    native library's own copy when it is loaded, so the torch and native paths read the same values."""
+    from engine import kernels
+    lib = getattr(kernels, "_lib", None)
+    try:
+        if lib is not None:
+            raw = np.ctypeslib.as_array((ctypes.c_uint16 * 65536).in_dll(lib, "cellar_gelu_f16"))
+            return torch.from_numpy(raw.copy().view(np.float16).astype(np.float32))
+    except (ValueError, AttributeError):
+        pass
+    x = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(all="ignore"):
+        y = np.float32(0.5) * x * (np.float32(1) + np.tanh(np.float32(0.7978845608028654) * x
+                                                            * (np.float32(1) + np.float32(0.044715) * x * x)))
+    return torch.from_numpy(y.astype(np.float16).astype(np.float32))
+
+
+_GELU_F16: torch.Tensor | None = None
+
+
+def gelu_ggml(x: torch.Tensor) -> torch.Tensor:
+    """GELU(tanh) as llama.cpp's CPU geglu computes it: 0 at x <= -10, x at x >= 10, else the table
+    entry of x rounded to a half."""
+    global _GELU_F16
+    if _GELU_F16 is None:
+        _GELU_F16 = _gelu_table()
+    t = _GELU_F16.to(x.device)[x.to(torch.float16).view(torch.int16).long() & 0xFFFF]
+    return torch.where(x <= -10.0, torch.zeros_like(x), torch.where(x >= 10.0, x, t))
+
+
 def geglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
     gate, up = linear_many(x, [w["ffn_gate"], w["ffn_up"]], scratch)
-    return linear(F.gelu(gate, approximate="tanh").mul_(up), w["ffn_down"], scratch)
+    return linear(gelu_ggml(gate).mul_(up), w["ffn_down"], scratch)
 
 
 def inv_sqrt(n: int) -> float:

@@ -121,8 +121,8 @@ static NOCONTRACT void rope(float *v, int n_heads, int head_dim, int n_rot, int 
         for (int i = 0; i < half; i++) {
             const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
             const float a = r[i0], b = r[i1], c = cs[i], s = sn[i];
-            r[i0] = a * c - b * s;
-            r[i1] = a * s + b * c;
+            r[i0] = fmaf(a, c, -(b * s));     /* as ggml's compiled rope: the first product fused */
+            r[i1] = fmaf(a, s, b * c);
         }
     }
 }

@@ -175,8 +175,8 @@ def test_prefill_logits_equal_decode_logits(tiny_f32):
     ids = [1] + [5 + (i * 7) % 50 for i in range(23)]
     m = Model.load(tiny_f32, LoadOptions(ctx=64, ubatch=32, threads=2, warmup=False))
     dec = decode_native.attach(m.net, m.kv)
-    if dec is not None:   # the one-call decode layer without llama.cpp's f16 rounding in attention
-        dec.f32_attention(True)
+    if dec is not None:   # the one-call decode layer with llama.cpp's f16 rounding in attention, as torch's
+        dec.f32_attention(False)
     try:
         batched = m.eval(ids)
         m.reset()
