@@ -64,7 +64,7 @@ static inline dwork dec_layout(const dlayer *L) {
     /* x prepared for the GEMVs: act_q8 and act_q8k of the widest input, side by side */
     d.act = o; o += dec_align(widest / QK * (int64_t)sizeof(act_q8) + 64) + dec_align(widest / QK_K * (int64_t)sizeof(act_q8k) + 64);
     /* each query head as the KV type's dot wants it (f32 of its f16/bf16 rounding, or act_q8) */
-    d.qh = o; o += dec_align(4 * nq + (int64_t)L->n_head * sizeof(act_q8));
+    d.qh = o; o += dec_align(4 * nq + (int64_t)L->n_head * (L->head_dim / QK + 1) * (int64_t)sizeof(act_q8));
     d.scores = o; o += dec_align(4 * (int64_t)L->n_head * L->n_cells);
     d.vis = o; o += dec_align(4 * L->n_cells);
     d.total = o;

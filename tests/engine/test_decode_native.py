@@ -69,6 +69,8 @@ def compare_layers(m: Model, token: int, monkeypatch) -> list[tuple[float, bool]
             monkeypatch.setenv("CELLAR_NATIVE_DECODE", "1")
             got = decode_native.layer(net, il, x.clone(), net.layers[il], step, m.kv)
             assert got is not None, f"layer {il}: the native path did not run"
+            again = decode_native.layer(net, il, x.clone(), net.layers[il], step, m.kv)
+            assert torch.equal(got, again), f"layer {il}: two runs differ (threads sharing the work buffer?)"
             same_kv = torch.equal(cache.k[il][cell], k_ref) and torch.equal(cache.v[il][cell], v_ref)
             out.append((float((got - ref).norm() / ref.norm()), same_kv))
             x = ref
