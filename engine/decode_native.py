@@ -5,9 +5,12 @@
 
 The description of a layer holds its weights (GGUF blocks, as the GEMV kernels take them), its norm
 vectors, its K/V rows in the cache and the hyperparameters; a step passes only the cell its K/V go to,
-the cells to read (the step's mask row), and the RoPE cos/sin row of its position. `layer` returns None
-where the native path does not apply (several tokens, several sequences, offload, no library, a
-cache or position it was not built for); the caller then runs its torch path. CELLAR_NATIVE_DECODE=0
+the cells to read (the step's mask row), and the RoPE cos/sin row of its position. A step of several
+sequences with one token each (Model.eval_batch while every slot decodes) runs the same call once per
+row over that sequence's own cells in position order (Step.groups), so a reply's numbers are the same
+alone or in any batch. `layer` returns None where the native path does not apply (a prompt's several
+tokens, offload, no library, a cache or position it was not built for); the caller then runs its torch
+path. CELLAR_NATIVE_DECODE=0
 turns it off (tests compare the two paths).
 """
 from __future__ import annotations
@@ -44,7 +47,7 @@ class DLayer(ctypes.Structure):             # native/src/decode.h: dlayer
 
 
 class DStep(ctypes.Structure):              # native/src/decode.h: dstep
-    _fields_ = [("cell", i64), ("n_kv", i64), ("mask", vp), ("cos", vp), ("sin", vp)]
+    _fields_ = [("cell", i64), ("n_kv", i64), ("mask", vp), ("cos", vp), ("sin", vp), ("cells", vp)]
 
 
 def _lib():
@@ -132,9 +135,10 @@ class NativeDecode:
         self._steps: dict = {}
 
     def f32_attention(self, on: bool) -> None:
-        """The torch path's arithmetic, so tests can hold the two paths to float noise: attention without
-        llama.cpp's f16/bf16 rounding of the query and the probabilities (a q8_0 K read as f32 against
-        an f32 query), GELU by its formula rather than ggml's f16 table."""
+        """on: no rounding at all, for tests that measure what llama.cpp's rounding moves: attention without
+        the f16/bf16 rounding of the query and the probabilities (a q8_0 K read as f32 against an f32
+        query, not a q8_0 one), GELU by its formula rather than ggml's f16 table. off (the default): the
+        rounding llama.cpp does, which the torch path does too."""
         for L in self.layers:
             if L is not None:
                 L.flags = (L.flags | DEC_F32_ATTN) if on else (L.flags & ~DEC_F32_ATTN)
@@ -175,11 +179,35 @@ def attach(net, kv) -> NativeDecode | None:
     return dec
 
 
+def _group_args(step, cache, rope, r: int):
+    """The DStep of row r of a step of one-token sequences (Step.groups): its own cells and mask."""
+    g = step.groups[cache.name][r]
+    if g[0] != r or g[1] != r + 1:
+        return False
+    pos = int(step.pos[r])
+    cos, sin = rope.cos, rope.sin
+    if not 0 <= pos < cos.shape[0] or cos.dtype != torch.float32 or not cos.is_contiguous() \
+            or not sin.is_contiguous() or cos.device.type != "cpu":
+        return False
+    cells, mask = g[2], g[3]
+    if cells.dtype != torch.int64 or not cells.is_contiguous() or mask.dtype != torch.float32 \
+            or not mask.is_contiguous() or mask.numel() != cells.numel():
+        return False
+    row = cos.shape[1] * 4
+    st = DStep(int(step.slots[cache.name][r]), int(cells.numel()), mask.data_ptr(),
+               cos.data_ptr() + pos * row, sin.data_ptr() + pos * row, cells.data_ptr())
+    return st, ctypes.byref(st), (cells, mask)
+
+
 def layer(net, il: int, x: torch.Tensor, w: dict, step, kv) -> torch.Tensor | None:
-    """Layer il on the one token of step, in place on x [1, n_embd]; None where the native path does
-    not apply (the caller runs its own)."""
-    if step.groups is not None or step.placed is not None or len(step.ids) != 1:
+    """Layer il on the one token of step, in place on x [1, n_embd], or on each row of x [n, n_embd]
+    where step holds n sequences of one token each; None where the native path does not apply (the
+    caller runs its own)."""
+    n = len(step.ids)
+    if step.placed is not None or (n != 1 and step.groups is None):
         return None
+    if step.groups is not None and any(len(gs) != n for gs in step.groups.values()):
+        return None                                        # a sequence with several tokens: torch
     per_net = _decoders.get(net)
     dec = per_net.get(kv) if per_net is not None else None
     if dec is None:
@@ -193,8 +221,19 @@ def layer(net, il: int, x: torch.Tensor, w: dict, step, kv) -> torch.Tensor | No
     kt = dec._kt[il]
     if cache.k[il] is not kt[0] or cache.v[il] is not kt[1]:
         return None                                        # the cache's rows were replaced or moved
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu" or x.numel() != L.n_embd:
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu" or x.numel() != n * L.n_embd:
         return None
+    if step.groups is not None:
+        rope = net.rope_of(il)
+        args = [_group_args(step, cache, rope, r) for r in range(n)]
+        if any(a is False for a in args):
+            return None
+        row_bytes = L.n_embd * 4
+        for r, st in enumerate(args):
+            if kernels._lib.cellar_decode_layer(dec._refs[il], st[1], x.data_ptr() + r * row_bytes) != 0:
+                raise RuntimeError(f"layer {il}, row {r}: native decode failed (cell {st[0].cell}, "
+                                   f"{st[0].n_kv} cells)")
+        return x
     st = dec.step_args(step, cache, net.rope_of(il))
     if st is False:
         return None

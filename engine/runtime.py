@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine import kernels
+from engine import decode_native, kernels
 from engine.errors import BadRequest, Cancelled
 from engine.gguf import GGUFFile
 from engine.kv_cache import KV_TYPES, MAX_SEQ, KVMemory, StepMasks
@@ -282,7 +282,15 @@ class Model:
         # fixed count also keeps a chunk's matmul numbers the same from one step to the next
         torch.set_num_threads(1)
         with torch.inference_mode():
-            logits = self.net.forward(step, self.kv, self.scratch)
+            singles = [i for i, (_, toks) in enumerate(batch) if len(toks) == 1]
+            if 0 < len(singles) < len(batch) and self.net.offload is None and decode_native.enabled():
+                # one-token sequences run the native decode layer (as they would alone), the prompts
+                # beside them the batched torch path: two forwards over the slots claimed above
+                logits = torch.empty(len(batch), self.net.hp.n_vocab or self.tokenizer.n_vocab)
+                for part in (singles, [i for i in range(len(batch)) if len(batch[i][1]) > 1]):
+                    logits[part] = self.net.forward(_sub_step(step, part), self.kv, self.scratch)
+            else:
+                logits = self.net.forward(step, self.kv, self.scratch)
         for s, toks in batch:
             self._cached.setdefault(int(s), []).extend(int(t) for t in toks)
         return logits
@@ -511,3 +519,23 @@ class _TextOut:
             if len(self.text) > self.sent:
                 self._emit(self.last, len(self.text))
         return self.text
+
+
+def _sub_step(step: Step, entries: list[int]) -> Step:
+    """The rows of a batched step (Model.eval_batch) that belong to the sequences at `entries` (indices
+    into the batch, in order), with their claimed slots, cells and masks."""
+    names = list(step.groups)
+    bounds = [(g[0], g[1]) for g in step.groups[names[0]]]
+    rows = np.concatenate([np.arange(*bounds[e]) for e in entries])
+    groups: dict[str, list] = {name: [] for name in names}
+    out_rows, r = [], 0
+    for e in entries:
+        n = bounds[e][1] - bounds[e][0]
+        for name in names:
+            g = step.groups[name][e]
+            groups[name].append((r, r + n, g[2], g[3]))
+        r += n
+        out_rows.append(r - 1)
+    return Step([step.ids[i] for i in rows], step.pos[rows], step.seq_id[rows],
+                {name: step.slots[name][rows] for name in names}, step.n_kv, {}, out_rows=out_rows,
+                groups=groups)

@@ -71,8 +71,8 @@ class Gemma3(Transformer):
         return get_rows(self.tok_embd, ids) * math.sqrt(self.hp.n_embd)
 
     def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch):
-        if len(step.ids) == 1 and (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
-            return y                               # one token: the whole layer in one native call
+        if (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
+            return y               # one token (of each sequence): the whole layer in one native call
         hp, n = self.hp, len(step.ids)
         rope = self.rope_of(il)
         h = rms_norm(x, w["attn_norm"], hp.eps)

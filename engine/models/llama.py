@@ -50,8 +50,8 @@ class Llama(Transformer):
                 "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
 
     def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch):
-        if len(step.ids) == 1 and (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
-            return y                               # one token: the whole layer in one native call
+        if (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
+            return y               # one token (of each sequence): the whole layer in one native call
         hp, n = self.hp, len(step.ids)
         rope = self.rope_of(il)
         h = rms_norm(x, w["attn_norm"], hp.eps)

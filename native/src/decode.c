@@ -417,8 +417,16 @@ int FN(decode_layer)(const kernel_table *k, const dlayer *L, const dstep *S, flo
     store_row(L->kv_type, vv, (int)((int64_t)L->n_head_kv * L->head_dim_v), L->v_cache + S->cell * L->v_row_bytes);
     int32_t *vis = (int32_t *)(wk + W.vis);
     int nvis = 0;
-    for (int64_t c = 0; c < S->n_kv; c++)
-        if (S->mask[c] == 0.0f) vis[nvis++] = (int32_t)c;
+    if (S->cells) {
+        for (int64_t i = 0; i < S->n_kv; i++) {
+            const int64_t c = S->cells[i];
+            if (c < 0 || c >= L->n_cells) return -1;
+            if (S->mask[i] == 0.0f) vis[nvis++] = (int32_t)c;
+        }
+    } else {
+        for (int64_t c = 0; c < S->n_kv; c++)
+            if (S->mask[c] == 0.0f) vis[nvis++] = (int32_t)c;
+    }
     {
         ajob j = {.k = k, .L = L, .q = q, .qh = wk + W.qh, .scores = (float *)(wk + W.scores), .vis = vis,
                   .nvis = nvis, .att = att};

@@ -39,6 +39,8 @@ typedef struct {
     int64_t n_kv;                /* attention reads cells [0, n_kv) */
     const float *mask;           /* [n_kv]: 0 where visible, -inf elsewhere */
     const float *cos, *sin;      /* [n_rot / 2] at this token's position */
+    const int64_t *cells;        /* NULL, or [n_kv]: attention reads cells[i] for i < n_kv (one sequence's
+                                    cells in position order, Step.groups), the mask indexed by i */
 } dstep;
 
 /* offsets into the work buffer (bytes) */
