@@ -7,8 +7,11 @@ transient buffer (engine.quant.dequantize_torch runs on CUDA tensors) and multip
 Decode (few rows of x) quantizes x first, as the CPU GEMV (native/src/q32.c, qk.c) and llama.cpp's
 MMVQ do: blocks of 32 values (legacy types) or 256 (k-quants), q = round-half-even(x * (127 / max|x|)),
 d = max|x| / 127 rounded to f16 for 32-value blocks (llama.cpp's q8_0 / q8_1), 1 / (127 / max|x|) in f32
-for 256-value ones (q8_K). The product then sees the same activations as the CPU's integer dot
-products; what is left is float32 rounding and summation order (measured: docs/offload.md).
+for 256-value ones (q8_K). Weights with a block minimum (Q4_1, Q5_1) meet q8_1's block sum
+s = f16(d * sum(q)) in place of the sum of the rounded values, as the CPU's and llama.cpp's dot products
+(and CUDA's half2 ds) do: the product adds m_w * (s - d_f16 * sum(q)) per block. The product then sees
+the same activations as the CPU's integer dot products; what is left is float32 rounding and summation
+order (measured: docs/offload.md).
 """
 from __future__ import annotations
 
@@ -51,19 +54,39 @@ def activation_block(qtype) -> int:
     return _Q8_BLOCK.get(GGMLType(qtype), 0)
 
 
-def quantize_q8(x: torch.Tensor, block: int) -> torch.Tensor:
+def quantize_q8(x: torch.Tensor, block: int, *, sum_error: bool = False):
     """x f32 [..., cols] through q8 blocks of `block` values and back, every step in f32 as the native
     quant_q8 / quant_q8k do: q = round(x * (127 / amax)) (half to even, as lrintf), times d = amax / 127
-    rounded to f16 (32-value blocks) or d = 1 / (127 / amax) (256-value blocks). (The native q8_1's
-    d * sum(q), kept as f16 for Q4_1 / Q5_1, is not modelled: it moves their result by ~1e-5.)"""
+    rounded to f16 (32-value blocks) or d = 1 / (127 / amax) (256-value blocks). sum_error (32-value
+    blocks): also q8_1's block sum s = f16((amax / 127) * sum(q)) less the sum of the rounded values,
+    [..., cols / 32], what a weight's block minimum multiplies in llama.cpp's dot product."""
     xb = x.float().reshape(*x.shape[:-1], x.shape[-1] // block, block)
     amax = xb.abs().amax(-1, keepdim=True)
-    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    # a tensor divided into 127 (torch computes 127.0 / amax as 127 * (1 / amax), an ulp off a quarter
+    # of the time, which moves values sitting near .5 to the other integer)
+    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
     if block == 32:
         d = (amax / 127.0).half().float()
     else:
         d = torch.where(inv > 0, 1.0 / inv, torch.zeros_like(inv))
-    return (torch.round(xb * inv) * d).reshape(x.shape)
+    q = torch.round(xb * inv)
+    out = (q * d).reshape(x.shape)
+    if not sum_error:
+        return out
+    qsum = q.sum(-1, keepdim=True)                   # integers below 2^13: exact in f32
+    s = ((amax / 127.0) * qsum).half().float()
+    return out, (s - d * qsum).squeeze(-1)
+
+
+_MIN_BLOCK = {GGMLType.Q4_1: 20, GGMLType.Q5_1: 24}        # bytes per block; m (f16) at byte 2
+
+
+def block_minima(w: SlotTensor | QTensor) -> torch.Tensor:
+    """A Q4_1 / Q5_1 weight's per-block minimum m, f32 [rows, cols / 32], read from its blocks."""
+    bs = _MIN_BLOCK[GGMLType(w.qtype)]
+    rows, cols = w.shape
+    raw = w.data.reshape(rows, cols // 32, bs)[:, :, 2:4].contiguous()
+    return raw.view(torch.float16).reshape(rows, cols // 32).float()
 
 
 def linear(x: torch.Tensor, w: SlotTensor, dtype: torch.dtype = torch.float32, *, q8: bool = False) -> torch.Tensor:
@@ -72,6 +95,10 @@ def linear(x: torch.Tensor, w: SlotTensor, dtype: torch.dtype = torch.float32, *
     wd = dequantize(w, dtype)
     block = activation_block(w.qtype) if q8 and Q8_DECODE else 0
     if block and x.shape[-1] % block == 0:
+        if GGMLType(w.qtype) in _MIN_BLOCK:
+            xq, err = quantize_q8(x, block, sum_error=True)
+            y = xq.to(dtype) @ wd.t()
+            return (y + err.to(dtype) @ block_minima(w).to(dtype).t()).to(x.dtype)
         x = quantize_q8(x, block)
     return (x.to(dtype) @ wd.t()).to(x.dtype)
 

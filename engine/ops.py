@@ -66,7 +66,13 @@ def _cpu_flags() -> set[str]:
 
 
 def scratch_dtype() -> torch.dtype:
-    """bf16 where the CPU multiplies bf16 natively (AMX, AVX-512 BF16), else f32."""
+    """bf16 where the CPU multiplies bf16 natively (AMX, AVX-512 BF16), else f32; CELLAR_SCRATCH=f32|bf16
+    chooses (f32 on a bf16 machine: slower prefill, activations not rounded to 8 bits of mantissa)."""
+    mode = os.environ.get("CELLAR_SCRATCH", "").strip().lower()
+    if mode in ("f32", "bf16"):
+        return torch.float32 if mode == "f32" else torch.bfloat16
+    if mode:
+        raise ValueError(f"CELLAR_SCRATCH={mode!r}: choose f32 or bf16")
     flags = _cpu_flags()
     return torch.bfloat16 if {"amx_bf16", "avx512_bf16"} & flags else torch.float32
 
@@ -78,8 +84,8 @@ class Scratch:
     """One dequantization buffer, sized for the largest matrix it will hold, allocated (and touched)
     once; every batched linear reuses it."""
 
-    def __init__(self, n_elements: int, dtype: torch.dtype = SCRATCH_DTYPE):
-        self.buf = torch.zeros(max(int(n_elements), 1), dtype=dtype)
+    def __init__(self, n_elements: int, dtype: torch.dtype | None = None):
+        self.buf = torch.zeros(max(int(n_elements), 1), dtype=dtype or SCRATCH_DTYPE)
 
     @classmethod
     def for_weights(cls, weights: Iterable[QTensor]) -> "Scratch":

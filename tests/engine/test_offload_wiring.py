@@ -1,5 +1,7 @@
 """Offload wired into the runtime (LoadOptions.gpu_layers): with the CPU standing in for the device
-(offload_device="cpu"), every placement gives the plain CPU run token for token; the memory planner's
+(offload_device="cpu"), every placement gives the plain CPU run of the same torch path token for token
+(CELLAR_NATIVE_DECODE=0: an offloaded step never takes the fused native decode layer, whose rounding is
+llama.cpp's and not torch's); the memory planner's
 VRAM figures are what the runtime allocates; without CUDA, --gpu-layers warns and runs on the CPU."""
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
-from engine import gpu_kernels  # noqa: E402
+from engine import gpu_kernels, ops  # noqa: E402
 from engine.offload import STREAM_MIN_BATCH, SlotTensor  # noqa: E402
 from engine.runtime import LoadOptions, Model  # noqa: E402
 from engine.sampling import Sampler, SamplingParams  # noqa: E402
@@ -38,9 +40,11 @@ def _greedy(model: Model, n: int = N_GEN) -> list[int]:
 
 @pytest.fixture(scope="module")
 def smol_cpu(smollm2_path):
-    m = _load(smollm2_path)
-    toks = _greedy(m)
-    logits = m.eval(_prompt(m), pos0=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CELLAR_NATIVE_DECODE", "0")
+        m = _load(smollm2_path)
+        toks = _greedy(m)
+        logits = m.eval(_prompt(m), pos0=0)
     m.close()
     assert len(toks) == N_GEN
     return toks, logits
@@ -69,8 +73,10 @@ def test_greedy_output_with_offload_equals_the_cpu_run(smollm2_path, smol_cpu, g
 def test_gemma3_greedy_output_with_offload_equals_the_cpu_run(gemma3_path):
     """Sliding-window and global caches split between host and device, q8_0 KV cells stored on both sides,
     Q/K norms read as views of the device buffers, the tied output head on the host."""
-    m = _load(gemma3_path, kv_type="q8_0")
-    ref = _greedy(m)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CELLAR_NATIVE_DECODE", "0")
+        m = _load(gemma3_path, kv_type="q8_0")
+        ref = _greedy(m)
     m.close()
     m = _load(gemma3_path, offload_device="cpu", gpu_layers=7, kv_type="q8_0")
     assert sorted(m.offload.resident) == list(range(11, 18)) and m.offload.streamer is not None
@@ -112,15 +118,22 @@ def test_no_gpu_layers_means_no_offload(smollm2_path):
 
 # ---- the device kernels (torch) in the whole model -------------------------------------------------------
 @pytest.mark.slow
-def test_torch_device_kernels_end_to_end(smollm2_path, smol_cpu, monkeypatch):
-    """The kernels a CUDA device runs (torch: dequantize + matmul, q8 activations for decode), here on
-    the CPU: the prefill's logits track the CPU's to f32 rounding, and greedy decoding starts the same."""
+def test_torch_device_kernels_end_to_end(smollm2_path, monkeypatch):
+    """The kernels a CUDA device runs (torch: dequantize + f32 matmul, q8 activations for decode), here
+    on the CPU: the prefill's logits track the CPU's f32 path to f32 rounding, and greedy decoding starts
+    the same. (The CPU reference dequantizes into an f32 scratch as the device does: on a CPU with a bf16
+    matmul unit its default scratch is bf16.)"""
+    monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.float32)
+    monkeypatch.setenv("CELLAR_NATIVE_DECODE", "0")
+    cpu = _load(smollm2_path)
+    ref = cpu.eval(_prompt(cpu), pos0=0)
+    ref_tokens = _greedy(cpu, 8)
+    cpu.close()
     monkeypatch.setattr(gpu_kernels, "TORCH_ON_CPU", True)
     m = _load(smollm2_path, offload_device="cpu", gpu_layers=SMOL_LAYERS)
-    ref = smol_cpu[1]
     logits = m.eval(_prompt(m), pos0=0)
     assert (logits - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
-    assert _greedy(m, 8) == smol_cpu[0][:8]
+    assert _greedy(m, 8) == ref_tokens
     m.close()
 
 
@@ -249,9 +262,10 @@ def test_a_session_saved_with_offload_restores_the_same_state(smollm2_path, tmp_
 
 
 @pytest.mark.parametrize("gpu_layers", [12, SMOL_LAYERS])
-def test_batched_decode_of_several_sequences_with_offload(smollm2_path, gpu_layers):
+def test_batched_decode_of_several_sequences_with_offload(smollm2_path, gpu_layers, monkeypatch):
     """Model.eval_batch (the server's several sequences in one step) gives the CPU's logits with layers
     offloaded, streamed for the big first step and resident or on the CPU for the decode steps."""
+    monkeypatch.setenv("CELLAR_NATIVE_DECODE", "0")     # the torch path both sides (see the module's note)
     ref, off = _load(smollm2_path, n_seq=2), _load(smollm2_path, n_seq=2, offload_device="cpu", gpu_layers=gpu_layers)
     ids = _prompt(ref)
     steps = [[(0, ids[:20]), (1, ids[20:])], [(0, [42]), (1, [7])], [(1, [9]), (0, [11])]]
