@@ -34,6 +34,7 @@ class MainWindow(QMainWindow):
     def __init__(self, store: Store, settings: AppSettings, bridge, *, start_engine: bool = True):
         super().__init__()
         qt_fixes.install()
+        qt_fixes.collect_on_gui_thread()       # no QObject freed by the collector on a worker thread
         self.store, self.settings, self.bridge = store, settings, bridge
         self.setWindowTitle("Cellar")
         self.resize(1280, 800)
