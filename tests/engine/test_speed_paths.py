@@ -46,21 +46,33 @@ def test_attend_masked_cells_do_not_count():
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_batched_linear_matches_dequantize_then_matmul(qtype, threads, monkeypatch):
-    """CELLAR_PREFILL=f32: the chunked multi-threaded dequantize + matmul."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_batched_linear_matches_dequantize_then_matmul(qtype, threads, dtype, monkeypatch):
+    """CELLAR_PREFILL=f32: the chunked multi-threaded dequantize + matmul, in an f32 scratch (no bf16
+    matmul unit) or a bf16 one (AMX / AVX-512 BF16; any CPU runs it, slowly): x and the weight rounded to
+    bf16, the product too (torch's CPU bf16 matmul returns bf16), so bf16 is held to its 8-bit mantissa."""
     monkeypatch.setattr(ops, "PREFILL", "f32")
+    monkeypatch.setattr(ops, "SCRATCH_DTYPE", dtype)
     rng = np.random.default_rng(int(qtype) * 10 + threads)
     rows, cols = 1000, 512                              # rows not a multiple of the chunk size
     w = QTensor("w", qtype, (rows, cols), raw_tensor(qtype, (rows, cols), rng).data)
     x = torch.from_numpy(rng.standard_normal((40, cols)).astype(np.float32))
-    ref = x @ dequantize_torch(w.data, qtype, (rows, cols)).T
+    W = dequantize_torch(w.data, qtype, (rows, cols))
+    ref = x @ W.T if dtype == torch.float32 else (x.bfloat16().double() @ W.bfloat16().double().T).float()
     before = kernels.get_threads()
     try:
         kernels.set_threads(threads)
-        got = ops.linear(x, w, ops.Scratch.for_weights([w]))
+        sc = ops.Scratch.for_weights([w])
+        assert sc.buf.dtype == dtype
+        got = ops.linear(x, w, sc)
     finally:
         kernels.set_threads(before)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-3)
+    else:
+        scale = float(ref.abs().max())
+        assert float((got - ref).abs().max()) <= 2 ** -8 * scale      # the output's own bf16 rounding
+        assert float((got - x @ W.T).abs().max()) > 1e-5 * scale      # and it did run in bf16
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K])
@@ -87,6 +99,7 @@ def test_scratch_holds_only_the_weights_that_dequantize(monkeypatch):
     """The f32 scratch is sized for the matrices a batch dequantizes: none when every weight takes the
     GEMM (CELLAR_PREFILL=gemm); a weight that needs it later (f32 set after load) grows it once."""
     monkeypatch.setattr(ops, "PREFILL", "gemm")
+    monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.float32)
     rng = np.random.default_rng(2)
     q = QTensor("q", GGMLType.Q4_1, (64, 256), raw_tensor(GGMLType.Q4_1, (64, 256), rng).data)
     f = QTensor("f", GGMLType.F16, (32, 256), raw_tensor(GGMLType.F16, (32, 256), rng).data)
@@ -102,10 +115,16 @@ def test_scratch_holds_only_the_weights_that_dequantize(monkeypatch):
 
 
 def test_scratch_is_f32_without_a_bf16_matmul_unit(monkeypatch):
+    monkeypatch.delenv("CELLAR_SCRATCH", raising=False)
     monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "fma", "f16c"})
     assert ops.scratch_dtype() == torch.float32
     monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
     assert ops.scratch_dtype() == torch.bfloat16
+    monkeypatch.setenv("CELLAR_SCRATCH", "f32")                  # the user's choice wins
+    assert ops.scratch_dtype() == torch.float32
+    monkeypatch.setenv("CELLAR_SCRATCH", "fp8")
+    with pytest.raises(ValueError, match="CELLAR_SCRATCH"):
+        ops.scratch_dtype()
 
 
 def test_split_runs_each_task_once_and_raises_a_task_error():
@@ -168,10 +187,12 @@ def tiny_f32(tmp_path_factory):
                       n_head=4, n_head_kv=2)
 
 
-def test_prefill_logits_equal_decode_logits(tiny_f32):
+def test_prefill_logits_equal_decode_logits(tiny_f32, monkeypatch):
     """The batched path (dequantize + chunked matmul, attention over a ubatch) and the GEMV path
     (one token at a time) compute the same model. F32 weights: the GEMV on quantized types rounds x
-    to 8 bits as llama.cpp does, which the dequantize + matmul path does not."""
+    to 8 bits as llama.cpp does, which the dequantize + matmul path does not; an f32 scratch (a bf16 one
+    rounds x and the products to 8 bits of mantissa: test_batched_linear_matches_dequantize_then_matmul)."""
+    monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.float32)
     ids = [1] + [5 + (i * 7) % 50 for i in range(23)]
     m = Model.load(tiny_f32, LoadOptions(ctx=64, ubatch=32, threads=2, warmup=False))
     dec = decode_native.attach(m.net, m.kv)
@@ -250,3 +271,23 @@ def test_attend_in_blocks_matches_sdpa(n, n_kv, window):
     ref = F.scaled_dot_product_attention(q.transpose(0, 1), K.transpose(0, 1), V.transpose(0, 1),
                                          attn_mask=mask, scale=0.2, enable_gqa=True).transpose(0, 1).reshape(n, -1)
     torch.testing.assert_close(ops.attend(q, K, V, mask, 0.2), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_is_ggmls_table_and_the_native_geglu_gives_the_same_bits():
+    """GELU(tanh) as llama.cpp's CPU geglu: the f16 table of the formula, 0 at x <= -10, x at x >= 10;
+    the native one-pass GEGLU (prefill) bitwise what the torch lookup gives."""
+    from engine.models import base
+    g = torch.randn(64, 256, generator=torch.Generator().manual_seed(3)) * 6
+    g[0, :6] = torch.tensor([-10.5, 10.5, -10.0, 10.0, 0.0, 1.0])
+    u = torch.randn(64, 256, generator=torch.Generator().manual_seed(4))
+    t = base.gelu_ggml(g)
+    assert t[0, :5].tolist() == [0.0, 10.5, 0.0, 10.0, 0.0]
+    formula = 0.5 * g * (1 + torch.tanh(0.7978845608028654 * (g + 0.044715 * g ** 3)))
+    inside = g.abs() < 10
+    assert float((t - formula)[inside].abs().max()) <= 2e-3 * float(formula.abs().max())  # an f16's rounding
+    assert torch.equal(t[inside], t[inside].half().float())
+    ref = t * u
+    got = base.geglu_into(g.clone(), u)
+    if base._native_geglu() is None:
+        pytest.skip("native library not built: the torch lookup is the only path")
+    assert torch.equal(got, ref)
