@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from engine import decode_native
 from engine.errors import BadModelFile
 from engine.kv_cache import KVCache, KVMemory
+from engine.gpu_kernels import quantize_q8
 from engine.ops import Scratch, as_f32, attend, get_rows, linear, linear_many
 from engine.quant import QTensor
 
@@ -179,7 +180,9 @@ class Step:
 
 
 # llama.cpp's attention without flash attention rounds q and the probabilities to an f16 / bf16 cache's
-# type (engine.ops.attend); a q8_0 cache runs its flash attention, which Cellar does not follow
+# type (engine.ops.attend); over a q8_0 cache it runs its flash attention, which quantizes q to q8_0 blocks
+# for the dot with K (what native/src/decode.c does too, and base.attention below; the softmax and the V
+# sum stay f32). Without the q8_0 query, Gemma-3's 'plain' reference parted at 4 near-ties, with it at 2.
 ROUNDS_LIKE = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -190,6 +193,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
     n = q.shape[0]
     n_head_kv = k.shape[1]
     name = cache.name
+    if cache.kv_type == "q8_0" and q.shape[-1] % 32 == 0:
+        q = quantize_q8(q, 32)        # as llama.cpp's flash attention over a q8_0 cache (ROUNDS_LIKE)
     if step.groups is not None:
         if step.placed is None:
             cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
@@ -367,9 +372,30 @@ def gelu_ggml(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= -10.0, torch.zeros_like(x), torch.where(x >= 10.0, x, t))
 
 
+def _native_geglu():
+    from engine import kernels
+    lib = getattr(kernels, "_lib", None)
+    fn = getattr(lib, "cellar_geglu", None) if lib is not None else None
+    if fn is not None and fn.argtypes is None:
+        fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+        fn.restype = None
+    return fn
+
+
+def geglu_into(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """gelu_ggml(gate) * up, in place on gate: one native pass where the library has it (the table
+    lookup in torch was a quarter of Gemma-3's prefill), the same values either way."""
+    fn = _native_geglu()
+    if (fn is not None and gate.device.type == "cpu" and gate.dtype == up.dtype == torch.float32
+            and gate.is_contiguous() and up.is_contiguous() and gate.shape == up.shape):
+        fn(gate.numel(), gate.data_ptr(), up.data_ptr())
+        return gate
+    return gelu_ggml(gate).mul_(up)
+
+
 def geglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
     gate, up = linear_many(x, [w["ffn_gate"], w["ffn_up"]], scratch)
-    return linear(gelu_ggml(gate).mul_(up), w["ffn_down"], scratch)
+    return linear(geglu_into(gate, up), w["ffn_down"], scratch)
 
 
 def inv_sqrt(n: int) -> float:

@@ -2,14 +2,15 @@
 block it replaces, on tiny generated models and on both real ones.
 
 Tolerances, and why:
-- with the torch path's rules the native layer does the torch path's arithmetic (both round the query
-  and the probabilities to an f16 / bf16 cache's type as llama.cpp does, the native default; with a
-  q8_0 cache the torch path does not quantize the query as llama.cpp's flash attention does, so there
-  the native layer runs `f32_attention`, no rounding at all): the GEMVs are the same kernels on the same quantized x, so a layer's
+- with the torch path's rules (the native default, `f32_attention(False)`) the native layer does the
+  torch path's arithmetic: both round the query and the probabilities to an f16 / bf16 cache's type as
+  llama.cpp does, and quantize the query to q8_0 blocks over a q8_0 cache as llama.cpp's flash
+  attention does (the native dot is then integer, torch's a float product of the same values); the
+  GEMVs are the same kernels on the same quantized x, so a layer's
   output may differ only by float noise in the norms, softmax and sums (bound rel 1e-4 on a tiny model's
   layer, measured <= 1.3e-5), except where that noise flips the q8 rounding of one activation value
   (see the real-model test);
-- with the other setting an f16 query and f16 probabilities move the attention
+- with `f32_attention(True)` (no rounding at all) an f16 query and f16 probabilities move the attention
   output by ~5e-4 relative (a bf16 one or a q8_0 query by ~4e-3), which the q8 quantization of the
   next GEMV's input turns into whole quantization steps on a few values: measured up to 2.3e-2 relative
   on a tiny random model's layer (bound 5e-2) and 1e-3..4e-3 on SmolLM2's (median bound 5e-3);
@@ -97,13 +98,13 @@ def test_tiny_llama_layer_matches_the_torch_block(tiny_models, qtype, kv_type, i
             kernels.set_isa("scalar")
         m.eval(list(range(3, 20)))                                   # 17 cells in the cache
         dec = _decoder(m)
-        dec.f32_attention(kv_type == "q8_0")                       # the torch path's rules
+        dec.f32_attention(False)                                   # the torch path's rules
         for rel, same_kv in compare_layers(m, 7, monkeypatch):
             assert same_kv
             assert rel < 1e-4
         m.reset()
         m.eval(list(range(3, 20)))
-        dec.f32_attention(kv_type != "q8_0")
+        dec.f32_attention(True)
         for rel, same_kv in compare_layers(m, 7, monkeypatch):
             assert same_kv
             assert rel < 5e-2
@@ -191,7 +192,7 @@ def test_gemma3_past_the_sliding_window(gemma3_path, kv_type, monkeypatch):
         assert len(ids) == 600
         m.eval(ids)
         dec = _decoder(m)
-        dec.f32_attention(kv_type == "q8_0")               # the torch path's rules
+        dec.f32_attention(False)                           # the torch path's rules
         swa = next(c for c in m.kv.caches if c.swa_window)
         pos = np.array([600])
         hidden = torch.isinf(swa.mask(pos, 0, swa.n_kv())).sum()
