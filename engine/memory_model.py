@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from math import prod
 
+from engine.cpu_features import scratch_kind
 from engine.model_info import Hparams
 
 F32, BF16 = 4, 2
@@ -23,12 +24,13 @@ def _widest(groups) -> int:
 
 def activation_floats_per_token(h: Hparams) -> int:
     """f32 values per token alive at once in a layer: residual, normed input, q/k/v, attention output,
-    and the feed-forward's gate, up and product (Gemma-3 adds its Q/K norms, post-norms and GELU)."""
+    and the feed-forward's gate, up and product (Gemma-3 adds its Q/K norms and post-norms; its GELU
+    runs in place on the gate, base.geglu_into)."""
     n_q = max(h.n_head) * h.head_dim_k
     k, v = max(h.kv_width(il) for il in range(h.n_layer))
     n = 2 * h.n_embd + n_q + k + v + n_q + 3 * max(h.n_ff)
     if h.arch == "gemma3":
-        n += max(h.n_ff) + n_q + k + 2 * h.n_embd
+        n += n_q + k + 2 * h.n_embd
     return n
 
 
@@ -60,12 +62,14 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
     """(concern, what, bytes, note) of the CPU runtime beyond weights and KV rows. The activations and
     attention below are those of one full ubatch, reached at load by the warmup (engine/runtime.py)."""
     ub = s.n_ubatch
+    kind = scratch_kind()                  # the runtime's scratch: bf16 on a CPU with a bf16 matmul unit
     norms = sum(n for grp in layers for n, shape in grp.values() if len(shape) == 1)
     norms += sum(n for name, (n, shape) in output.items() if len(shape) == 1)
     cells = s.ctx + (min(s.ctx, h.swa_window + ub) if any(h.swa_layers) else 0)
     return [
         ("kv", "cell positions and sequences", 3 * 8 * cells, "int64 per cell"),
-        ("compute", "dequantized weight (f32, reused)", F32 * _widest(layers), "largest layer matrix, for prefill"),
+        ("compute", f"dequantized weight ({kind}, reused)", (BF16 if kind == "bf16" else F32) * _widest(layers),
+         "largest layer matrix, for prefill"),
         ("compute", "RoPE cos/sin tables", rope_tables(g, h) * s.ctx, f"f32, {s.ctx} positions"),
         ("compute", "norm weights (f32 copies)", norms, "private"),
         ("compute", f"activations ({ub} tokens)", int(ACT_FACTOR * F32 * ub * activation_floats_per_token(h)),
@@ -78,12 +82,16 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
 
 
 def full_context_extra(h: Hparams, s) -> int:
-    """What attention adds over the load's peak once prompts fill the context: nothing that grows with the
-    cells. The runtime's attention (engine/ops.py attend) takes fewer query rows per task as the cells
-    grow and makes the mask per task, so its scores and mask stay the size they have at 512 cells, and
-    K/V are read as f32 into buffers of every cell made at load (kv_f32_bytes). What is still seen is the
-    allocator keeping freed blocks (docs/memory.md), not modelled."""
-    return 0
+    """What the process adds over the load's peak once prompts fill the context. Nothing the runtime
+    allocates grows with the cells: attention (engine/ops.py attend) takes fewer query rows per task as
+    the cells grow and makes the mask per task, so its scores and mask stay the size they have at 512
+    cells, and K/V are read as f32 into buffers of every cell made at load (kv_f32_bytes). What is seen
+    is glibc keeping freed blocks in its per-thread arenas as later ubatches go: SmolLM2 ctx 2048,
+    +1.4..3.2% on a 2-core AVX2 EPYC, +5.2..7.2% (24-30 MiB) on a 2-core Xeon; modelled as one more
+    ubatch's activations wherever a prompt can take more than one ubatch."""
+    if s.ctx <= s.n_ubatch:
+        return 0
+    return int(ACT_FACTOR * F32 * s.n_ubatch * activation_floats_per_token(h))
 
 
 def gpu_plan(g, h: Hparams, s, layers, output, rows, ram, vram) -> None:

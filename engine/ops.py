@@ -29,7 +29,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from engine import kernels, split
+from engine import cpu_features, kernels, split
 from engine import gpu_kernels
 from engine.quant import GGMLType, QTensor, dequantize_torch
 
@@ -55,26 +55,12 @@ def use_gemm(w) -> bool:
 
 
 def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return cpu_features.cpu_flags()
 
 
 def scratch_dtype() -> torch.dtype:
-    """bf16 where the CPU multiplies bf16 natively (AMX, AVX-512 BF16), else f32; CELLAR_SCRATCH=f32|bf16
-    chooses (f32 on a bf16 machine: slower prefill, activations not rounded to 8 bits of mantissa)."""
-    mode = os.environ.get("CELLAR_SCRATCH", "").strip().lower()
-    if mode in ("f32", "bf16"):
-        return torch.float32 if mode == "f32" else torch.bfloat16
-    if mode:
-        raise ValueError(f"CELLAR_SCRATCH={mode!r}: choose f32 or bf16")
-    flags = _cpu_flags()
-    return torch.bfloat16 if {"amx_bf16", "avx512_bf16"} & flags else torch.float32
+    """engine.cpu_features.scratch_kind as a torch dtype: bf16 where the CPU has a bf16 matmul unit."""
+    return torch.bfloat16 if cpu_features.scratch_kind(_cpu_flags()) == "bf16" else torch.float32
 
 
 SCRATCH_DTYPE = scratch_dtype()
