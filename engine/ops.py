@@ -5,7 +5,8 @@
     e = get_rows(token_embd, ids)             # f32 [len(ids), cols]: only the looked-up rows
 
 Few rows (decode) run the native GEMV on the raw blocks. A batch (prefill) dequantizes the weight
-into the reused scratch and runs matmuls, in row chunks shared between threads (engine/split.py); or,
+into the reused scratch and runs matmuls: with a bf16 scratch the whole weight dequantized on the native
+pool and one matmul; with an f32 one in row chunks shared between threads (engine/split.py); or,
 with CELLAR_PREFILL=gemm, the native GEMM on the raw blocks where it has a tile kernel for the type (x
 quantized once as the GEMV does; every output bitwise equal to the GEMV's, so prefill and decode
 compute alike; no f32 copy of a weight).
@@ -108,6 +109,14 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None) -> torch
         return kernels.gemv(w, x.contiguous())
     W = scratch.view(w)
     xs = x.to(W.dtype).contiguous()
+    if W.dtype == torch.bfloat16:
+        # a bf16 matmul unit (AMX) multiplies a whole layer matrix in well under a millisecond (SmolLM2's
+        # 512x576 by 576x1536: 0.7 ms on one core), so row chunks shared with a helper thread cost more
+        # in bookkeeping than they save: the weight is dequantized on the native pool's threads, then one
+        # matmul on this thread. 2-core Xeon, 2 threads, pp tok/s chunks -> this: SmolLM2 pp32 175 -> 287,
+        # pp128 451 -> 709, pp512 687 -> 890; Gemma-3 pp32 210 -> 321, pp128 554 -> 756, pp512 930 -> 946
+        kernels.dequantize_into(w, W)
+        return torch.mm(xs, W.T).float()
     out = torch.empty(x.shape[0], w.rows, dtype=torch.float32)
 
     def part(r0: int, r1: int) -> None:
