@@ -150,19 +150,26 @@ class NativeDecode:
         key = (cache.name, id(rope))
         got = self._steps.get(key)
         if got is None:
-            pos = int(step.pos[0])
-            cos, sin = rope.cos, rope.sin
-            if not 0 <= pos < cos.shape[0] or cos.dtype != torch.float32 or not cos.is_contiguous() \
-                    or not sin.is_contiguous() or cos.device.type != "cpu":
+            cs = _rope_row(rope, int(step.pos[0]))
+            if cs is None:
                 got = False
             else:
                 mask = step.masks[cache.name]
-                row = cos.shape[1] * 4
-                st = DStep(int(step.slots[cache.name][0]), int(step.n_kv[cache.name]), mask.data_ptr(),
-                           cos.data_ptr() + pos * row, sin.data_ptr() + pos * row)
+                st = DStep(int(step.slots[cache.name][0]), int(step.n_kv[cache.name]), mask.data_ptr(), *cs)
                 got = (st, ctypes.byref(st), mask)
             self._steps[key] = got
         return got
+
+
+def _rope_row(rope, pos: int) -> tuple[int, int] | None:
+    """Addresses of the RoPE table's cos and sin rows at pos, or None where the native layer cannot read
+    them (a position past the table, a table not f32 / contiguous / on the CPU)."""
+    cos, sin = rope.cos, rope.sin
+    if not 0 <= pos < cos.shape[0] or cos.dtype != torch.float32 or not cos.is_contiguous() \
+            or not sin.is_contiguous() or cos.device.type != "cpu":
+        return None
+    row = cos.shape[1] * 4
+    return cos.data_ptr() + pos * row, sin.data_ptr() + pos * row
 
 
 _decoders: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -184,18 +191,12 @@ def _group_args(step, cache, rope, r: int):
     g = step.groups[cache.name][r]
     if g[0] != r or g[1] != r + 1:
         return False
-    pos = int(step.pos[r])
-    cos, sin = rope.cos, rope.sin
-    if not 0 <= pos < cos.shape[0] or cos.dtype != torch.float32 or not cos.is_contiguous() \
-            or not sin.is_contiguous() or cos.device.type != "cpu":
-        return False
+    cs = _rope_row(rope, int(step.pos[r]))
     cells, mask = g[2], g[3]
-    if cells.dtype != torch.int64 or not cells.is_contiguous() or mask.dtype != torch.float32 \
+    if cs is None or cells.dtype != torch.int64 or not cells.is_contiguous() or mask.dtype != torch.float32 \
             or not mask.is_contiguous() or mask.numel() != cells.numel():
         return False
-    row = cos.shape[1] * 4
-    st = DStep(int(step.slots[cache.name][r]), int(cells.numel()), mask.data_ptr(),
-               cos.data_ptr() + pos * row, sin.data_ptr() + pos * row, cells.data_ptr())
+    st = DStep(int(step.slots[cache.name][r]), int(cells.numel()), mask.data_ptr(), *cs, cells.data_ptr())
     return st, ctypes.byref(st), (cells, mask)
 
 
