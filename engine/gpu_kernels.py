@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from engine.offload import LayerPack, SlotTensor, pack_layer
-from engine.quant import GGMLType, QTensor, as_uint8_tensor, dequantize_torch
+from engine.quant import BLOCK, GGMLType, QTensor, as_uint8_tensor, dequantize_torch
 
 _Q8_BLOCK = {t: 32 for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)}
 _Q8_BLOCK.update({t: 256 for t in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)})
@@ -78,12 +78,12 @@ def quantize_q8(x: torch.Tensor, block: int, *, sum_error: bool = False):
     return out, (s - d * qsum).squeeze(-1)
 
 
-_MIN_BLOCK = {GGMLType.Q4_1: 20, GGMLType.Q5_1: 24}        # bytes per block; m (f16) at byte 2
+_MIN_BLOCK = (GGMLType.Q4_1, GGMLType.Q5_1)        # 32-value blocks that start with f16 d, then f16 m
 
 
 def block_minima(w: SlotTensor | QTensor) -> torch.Tensor:
     """A Q4_1 / Q5_1 weight's per-block minimum m, f32 [rows, cols / 32], read from its blocks."""
-    bs = _MIN_BLOCK[GGMLType(w.qtype)]
+    bs = BLOCK[GGMLType(w.qtype)][1]
     rows, cols = w.shape
     raw = w.data.reshape(rows, cols // 32, bs)[:, :, 2:4].contiguous()
     return raw.view(torch.float16).reshape(rows, cols // 32).float()
