@@ -81,3 +81,17 @@ def check_tensors(g, hp, globals_: dict[str, tuple[int, ...]], per_layer: dict[s
     tokens = g.get("tokenizer.ggml.tokens")
     if isinstance(tokens, list) and tokens and len(tokens) != hp.n_vocab:
         raise bad(g, f"the vocabulary has {len(tokens)} tokens but token_embd.weight has {hp.n_vocab} rows")
+
+
+def shared_hparams(g, arch: str, *, n_head: int, head_dim: int, rope_base: float, n_ctx: int) -> dict:
+    """The hyperparameters every decoder-only architecture here reads alike, with their bounds and the
+    architecture's defaults (rope_base, n_ctx): Hparams keyword arguments."""
+    a = arch
+    return dict(
+        n_head_kv=number(g, f"{a}.attention.head_count_kv", n_head),
+        head_dim_v=number(g, f"{a}.attention.value_length", head_dim),
+        n_ff=number(g, f"{a}.feed_forward_length"),
+        eps=number(g, f"{a}.attention.layer_norm_rms_epsilon", cast=float, lo=0, hi=1),
+        n_rot=number(g, f"{a}.rope.dimension_count", head_dim),
+        rope_base=number(g, f"{a}.rope.freq_base", rope_base, float, lo=1e-3, hi=1e15),
+        n_ctx_train=number(g, f"{a}.context_length", n_ctx, hi=MAX_CTX))

@@ -16,7 +16,7 @@ import math
 from engine import decode_native
 from engine.kv_cache import KVMemory
 from engine.models.base import Hparams, Step, Transformer, attention, geglu, rms_norm
-from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number
+from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
 from engine.ops import Scratch, get_rows, linear, linear_many
 
 SWA_PATTERN = 6            # llama.cpp: hparams.set_swa_pattern(6)
@@ -42,14 +42,8 @@ class Gemma3(Transformer):
         emb = g.tensors.get("token_embd.weight")
         hp = Hparams(
             n_vocab=emb.shape[0] if emb is not None else 0,
-            n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-            n_head_kv=number(g, f"{a}.attention.head_count_kv", n_head), head_dim=head_dim,
-            head_dim_v=number(g, f"{a}.attention.value_length", head_dim),
-            n_ff=number(g, f"{a}.feed_forward_length"),
-            eps=number(g, f"{a}.attention.layer_norm_rms_epsilon", cast=float, lo=0, hi=1),
-            n_rot=number(g, f"{a}.rope.dimension_count", head_dim),
-            rope_base=number(g, f"{a}.rope.freq_base", 1e6, float, lo=1e-3, hi=1e15), rope_neox=True,
-            n_ctx_train=number(g, f"{a}.context_length", 32768, hi=MAX_CTX),
+            n_embd=n_embd, n_layer=n_layer, n_head=n_head, head_dim=head_dim, rope_neox=True,
+            **shared_hparams(g, a, n_head=n_head, head_dim=head_dim, rope_base=1e6, n_ctx=32768),
             swa_window=window, swa_layers=swa, rope_base_swa=ROPE_BASE_SWA, rope_scale=1.0 / factor,
             # llama.cpp: the 27B model (62 layers) scales queries by 1/sqrt(n_embd / n_head)
             q_scale=1.0 / math.sqrt(n_embd // n_head if n_layer == 62 else head_dim))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from engine import decode_native
 from engine.kv_cache import KVMemory
 from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt, rms_norm, swiglu
-from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number
+from engine.model_checks import MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
 from engine.ops import Scratch, linear, linear_many
 
 
@@ -24,15 +24,10 @@ class Llama(Transformer):
         head_dim = number(g, f"{a}.attention.key_length", n_embd // n_head)
         emb = g.tensors.get("token_embd.weight")
         n_vocab = number(g, f"{a}.vocab_size", emb.shape[0] if emb is not None else 0, hi=1 << 24)
-        hp = Hparams(
-            n_vocab=n_vocab, n_embd=n_embd, n_layer=number(g, f"{a}.block_count", hi=MAX_LAYERS), n_head=n_head,
-            n_head_kv=number(g, f"{a}.attention.head_count_kv", n_head), head_dim=head_dim,
-            head_dim_v=number(g, f"{a}.attention.value_length", head_dim),
-            n_ff=number(g, f"{a}.feed_forward_length"),
-            eps=number(g, f"{a}.attention.layer_norm_rms_epsilon", cast=float, lo=0, hi=1),
-            n_rot=number(g, f"{a}.rope.dimension_count", head_dim),
-            rope_base=number(g, f"{a}.rope.freq_base", 10000.0, float, lo=1e-3, hi=1e15), rope_neox=False,
-            n_ctx_train=number(g, f"{a}.context_length", 4096, hi=MAX_CTX))
+        n_layer = number(g, f"{a}.block_count", hi=MAX_LAYERS)
+        hp = Hparams(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, head_dim=head_dim,
+                     rope_neox=False, **shared_hparams(g, a, n_head=n_head, head_dim=head_dim, rope_base=10000.0,
+                                                       n_ctx=4096))
         check_hparams(g, hp)
         check_tensors(g, hp, cls.global_shapes(hp), cls.layer_shapes(hp), frozenset({"output.weight"}))
         return hp
