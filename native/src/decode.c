@@ -204,10 +204,8 @@ static void swiglu(int n, float *g, const float *u) {   /* g = silu(g) * u */
 static void geglu(int n, float *g, const float *u, int exact) {  /* g = gelu_tanh(g) * u, ggml's f16 table */
     for (int i = 0; i < n; i++) {
         const float x = g[i];
-        if (exact) g[i] = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i];
-        else if (x <= -10.0f) g[i] = 0.0f;
-        else if (x >= 10.0f) g[i] = x * u[i];
-        else g[i] = from_f16(cellar_gelu_f16[to_f16(x)]) * u[i];
+        g[i] = exact ? 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i]
+                     : dec_geglu1(x, u[i]);
     }
 }
 

@@ -89,4 +89,12 @@ static inline uint16_t dec_f32_to_f16(float f) {
     return (uint16_t)((sign >> 16) | (two_w > 0xFF000000u ? 0x7E00u : nonsign));
 }
 
+/* ggml's CPU geglu for one value: gelu(x) * u with GELU from the f16 table, 0 at x <= -10, x * u at
+ * x >= 10 (the decode layer's and the prefill's cellar_geglu share it) */
+static inline float dec_geglu1(float x, float u) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x * u;
+    return f16_to_f32((f16_t)cellar_gelu_f16[dec_f32_to_f16(x)]) * u;
+}
+
 #endif

@@ -73,10 +73,5 @@ int cellar_decode_layer(const dlayer *L, const dstep *S, float *x) {
 /* g[i] = GELU(tanh)(g[i]) * u[i] for n values as the decode layer's geglu does (ggml's f16 table, 0 at
  * x <= -10, x at x >= 10): the prefill's GEGLU over a whole ubatch in one pass */
 void cellar_geglu(int64_t n, float *g, const float *u) {
-    for (int64_t i = 0; i < n; i++) {
-        const float x = g[i];
-        if (x <= -10.0f) g[i] = 0.0f;
-        else if (x >= 10.0f) g[i] = x * u[i];
-        else g[i] = f16_to_f32((f16_t)cellar_gelu_f16[dec_f32_to_f16(x)]) * u[i];
-    }
+    for (int64_t i = 0; i < n; i++) g[i] = dec_geglu1(g[i], u[i]);
 }
