@@ -1,22 +1,25 @@
 """The CPU's features as the runtime and the memory planner both need them, without importing torch."""
 from __future__ import annotations
 
+import functools
 import os
 
 
-def cpu_flags() -> set[str]:
-    """The flags /proc/cpuinfo lists for the first CPU (empty where it cannot be read)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The flags /proc/cpuinfo lists for the first CPU (empty where it cannot be read); read once (the
+    memory planner asks on every plan, and the recommendation plans many)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
-def scratch_kind(flags: set[str] | None = None) -> str:
+def scratch_kind(flags: frozenset[str] | set[str] | None = None) -> str:
     """The prefill scratch's element type: "bf16" where the CPU multiplies bf16 natively (AMX, AVX-512
     BF16), else "f32"; CELLAR_SCRATCH=f32|bf16 chooses (f32 on a bf16 machine: slower prefill,
     activations not rounded to 8 bits of mantissa)."""

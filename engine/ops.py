@@ -55,7 +55,7 @@ def use_gemm(w) -> bool:
     return PREFILL == "q8" or kernels.gemm_tiled(w)
 
 
-def _cpu_flags() -> set[str]:
+def _cpu_flags() -> frozenset[str]:
     return cpu_features.cpu_flags()
 
 
