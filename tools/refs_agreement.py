@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 
 def parting(a: dict, b: dict) -> tuple[int, float, float] | None:
@@ -24,6 +25,20 @@ def parting(a: dict, b: dict) -> tuple[int, float, float] | None:
     top_a, top_b = dict(map(tuple, a["top"][n])), dict(map(tuple, b["top"][n]))
     nan = float("nan")
     return n, top_a[ta[n]] - top_a.get(tb[n], nan), top_b[tb[n]] - top_b.get(ta[n], nan)
+
+
+def cross_gap_errors(a: dict, b: dict) -> list[float]:
+    """Along the prefix where two runs saw the same tokens: |a's gap between its top two - b's gap
+    between the same two tokens| at each step (where b's top 5 holds both)."""
+    out = []
+    for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])):
+        (t0, l0), (t1, l1) = a["top"][i][:2]
+        top_b = dict(map(tuple, b["top"][i]))
+        if t0 in top_b and t1 in top_b:
+            out.append(abs((l0 - l1) - (top_b[t0] - top_b[t1])))
+        if x != y:
+            break
+    return out
 
 
 def main() -> None:
@@ -43,6 +58,15 @@ def main() -> None:
                     parted += 1
                     print(f"| {model} | {kv} | {case} | {p[0]} | {p[1]:.3f} | {p[2]:.3f} |")
     print(f"\n{parted} of {total} prompt x KV-type runs part within {A['n_gen']} tokens")
+    print("\ngap noise along the shared prefix: |gap between A's top two in A - the same in B|")
+    print("| model | KV | steps | median | p90 | p99 | max |\n|---|---|---:|---:|---:|---:|---:|")
+    for model, entry in A["models"].items():
+        for kv, runs in entry["kv"].items():
+            e = [x for case, run in runs["runs"].items()
+                 for x in cross_gap_errors(run, B["models"][model]["kv"][kv]["runs"][case])]
+            q = statistics.quantiles(e, n=100, method="inclusive") if len(e) > 1 else e * 99
+            print(f"| {model} | {kv} | {len(e)} | {statistics.median(e):.3f} | {q[89]:.3f} | {q[98]:.3f} "
+                  f"| {max(e):.3f} |")
 
 
 if __name__ == "__main__":

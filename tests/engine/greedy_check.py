@@ -34,8 +34,8 @@ class Refs:
         return self.doc["models"][model]["kv"][kv_type]["runs"][case]
 
 
-def load_refs() -> Refs:
-    return Refs(json.loads(REFS_PATH.read_text()))
+def load_refs(path: Path = REFS_PATH) -> Refs:
+    return Refs(json.loads(Path(path).read_text()))
 
 
 @dataclass
