@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadModelFile, UnsupportedModel
+from engine.gguf_strings import StringArray, scan, string_array
 from engine.quant import BLOCK, SUPPORTED, GGMLType
 
 GGUF_MAGIC = b"GGUF"
@@ -270,24 +271,29 @@ class _Parser:
             return [self.value(_ARR, key, depth + 1) for _ in range(n)]
         raise self.fail(f"array {_q(key)} has unknown element type {etype}")
 
-    def strings(self, n: int, key: str) -> list[str]:
-        # One tight pass: a 262144-token vocabulary parses in well under 0.1 s this way.
+    def strings(self, n: int, key: str) -> StringArray:
+        # one scan for offsets; the bytes are decoded when asked (a 262144-token vocabulary: ~25 ms)
+        start = self.pos
+        found = scan(self.buf, start, n, self.size)
+        if found is None:
+            raise self._bad_string(n, key)
+        offs, self.pos = found
+        return string_array(self.buf, start, offs, self.pos)
+
+    def _bad_string(self, n: int, key: str) -> BadModelFile:
+        """The error for a string array that runs past the end of the file: which element, and how."""
         buf, pos, size = self.buf, self.pos, self.size
-        unpack_len = struct.Struct("<Q").unpack_from
-        out = [""] * n
         for i in range(n):
             if pos + 8 > size:
                 self.pos = pos
-                raise self.fail(f"truncated inside string array {_q(key)} (element {i} of {n})")
-            (ln,) = unpack_len(buf, pos)
+                return self.fail(f"truncated inside string array {_q(key)} (element {i} of {n})")
+            (ln,) = struct.unpack_from("<Q", buf, pos)
             pos += 8
             if ln > size - pos:
                 self.pos = pos
-                raise self.fail(f"string {i} of {_q(key)} claims {ln} bytes, more than the file holds")
-            out[i] = buf[pos:pos + ln].decode("utf-8", "surrogateescape")
+                return self.fail(f"string {i} of {_q(key)} claims {ln} bytes, more than the file holds")
             pos += ln
-        self.pos = pos
-        return out
+        return self.fail(f"string array {_q(key)} runs past the end of the file")
 
 
 def _kind_of(v: Any) -> str:
@@ -299,6 +305,8 @@ def _kind_of(v: Any) -> str:
         base = "int"
     elif isinstance(v, float) or (isinstance(v, np.ndarray) and v.dtype.kind == "f"):
         base = "float"
+    elif isinstance(v, StringArray):
+        return "str[]"
     elif isinstance(v, list):
         return "str[]" if all(isinstance(x, str) for x in v) else "list"
     else:

@@ -11,6 +11,7 @@ import math
 from typing import Any, Callable
 
 from engine.errors import BadModelFile
+from engine.gguf_strings import StringArray
 
 MAX_DIM = 1 << 20          # widths, head counts, feed-forward sizes: the largest real models stay far below
 MAX_LAYERS = 4096
@@ -79,7 +80,7 @@ def check_tensors(g, hp, globals_: dict[str, tuple[int, ...]], per_layer: dict[s
         if tuple(t.shape) != tuple(shape):
             raise bad(g, f"tensor '{name}' has shape {list(t.shape)}, the metadata implies {list(shape)}")
     tokens = g.get("tokenizer.ggml.tokens")
-    if isinstance(tokens, list) and tokens and len(tokens) != hp.n_vocab:
+    if isinstance(tokens, (list, StringArray)) and len(tokens) and len(tokens) != hp.n_vocab:
         raise bad(g, f"the vocabulary has {len(tokens)} tokens but token_embd.weight has {hp.n_vocab} rows")
 
 

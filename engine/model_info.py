@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import BadModelFile
+from engine.gguf_strings import StringArray
 from engine.model_checks import MAX_CTX, MAX_DIM, MAX_LAYERS, number
 
 # Sliding-window layer patterns (llama.cpp's set_swa_pattern): with pattern P, layer il uses the window
@@ -77,7 +78,7 @@ def hparams(g) -> Hparams:
     hd_v = number(g, p + "attention.value_length", hd_k)
     tokens = g.get("tokenizer.ggml.tokens")
     emb = g.tensors.get("token_embd.weight")
-    n_vocab = number(g, p + "vocab_size", len(tokens) if isinstance(tokens, list) else (emb.shape[0] if emb else 0),
+    n_vocab = number(g, p + "vocab_size", len(tokens) if isinstance(tokens, (list, StringArray)) else (emb.shape[0] if emb else 0),
                      lo=0, hi=1 << 24)
     window = number(g, p + "attention.sliding_window", 0, lo=0, hi=MAX_CTX)
     pattern = g.get(p + "attention.sliding_window_pattern")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import BadModelFile, UnsupportedModel
+from engine.gguf_strings import StringArray
 from engine.tokenizer.stream import StreamDecoder
 from engine.tokenizer.tokenizer import Tokenizer
 
@@ -37,10 +38,11 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
         from engine.tokenizer.bpe import BPEEncoder, pre_tokenizer_for
         pre = pre_tokenizer_for(str(meta.get("tokenizer.ggml.pre") or "default"))
         merges = meta.get("tokenizer.ggml.merges")
-        if not isinstance(merges, list):
+        if not isinstance(merges, (list, StringArray)):
             raise BadModelFile("GGUF BPE vocabulary has no tokenizer.ggml.merges; re-convert the model")
         vocab = load_vocab(meta, bpe_add_bos=pre.add_bos)
         enc = BPEEncoder(vocab.token_to_id, merges, pre)
+        vocab.index = None      # the encoder holds its own map; token_to_id rebuilds one if asked
         return Tokenizer(vocab, enc, clean_spaces=pre.clean_spaces)
     if model is None:
         raise BadModelFile("GGUF has no tokenizer (tokenizer.ggml.model is missing); re-convert the model "

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import add
+from typing import Sequence
 
 from engine.errors import UnsupportedModel
+from engine.gguf_strings import StringArray
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
@@ -87,20 +90,35 @@ def pre_tokenizer_for(pre: str) -> PreTokenizer:
     return p
 
 
+def merge_pairs(token_to_id: dict[str, int], merges: Sequence[str]) -> list[tuple[str, str]]:
+    """GGUF merges "a b" (split at the first space after the first character) as (a, b) pairs, keeping
+    only those whose a, b and a + b are tokens (HF tokenizers panics on the others; llama.cpp can never
+    apply them). A StringArray splits in one pass and is checked with set lookups in C; any merge that
+    fails there sends the whole list through the one-by-one loop, which drops it."""
+    split = merges.split_pairs() if isinstance(merges, StringArray) else None
+    if split is not None:
+        a, b = split
+        has = token_to_id.__contains__
+        if all(map(has, a)) and all(map(has, b)) and all(map(has, map(add, a, b))):
+            return list(zip(a, b))
+    pairs = []
+    for m in merges:
+        i = m.find(" ", 1)
+        if i < 0:
+            continue
+        a, b = m[:i], m[i + 1:]
+        if a in token_to_id and b in token_to_id and a + b in token_to_id:
+            pairs.append((a, b))
+    return pairs
+
+
 class BPEEncoder:
     """Raw text (no special tokens) -> ids, exactly as llama.cpp's BPE session."""
 
-    def __init__(self, token_to_id: dict[str, int], merges: list[str], pre: PreTokenizer):
+    def __init__(self, token_to_id: dict[str, int], merges: Sequence[str], pre: PreTokenizer):
         from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
-        pairs = []
-        for m in merges:
-            i = m.find(" ", 1)
-            if i < 0:
-                continue
-            a, b = m[:i], m[i + 1:]
-            if a in token_to_id and b in token_to_id and a + b in token_to_id:
-                pairs.append((a, b))
+        pairs = merge_pairs(token_to_id, merges)
         bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges)
         tok = Tokenizer(bpe)
         tok.pre_tokenizer = pre_tokenizers.Sequence(

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from engine.errors import BadModelFile
+from engine.gguf_strings import StringArray
 
 # llama.cpp's token attributes (bit flags) and GGUF token types
 UNDEFINED, UNKNOWN, UNUSED, NORMAL, CONTROL, USER_DEFINED, BYTE = 0, 1, 2, 4, 8, 16, 32
@@ -31,16 +32,17 @@ _EOG_TEXTS = frozenset((
 ))
 _C_SPACE = " \t\n\v\f\r"
 _BYTE_TEXT = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_ATTR_LUT = np.array([_TYPE_TO_ATTR[t] for t in range(len(_TYPE_TO_ATTR))], dtype=np.int64)
 
 
 @dataclass
 class Vocab:
     model: str                    # "llama" (SPM) or "gpt2" (BPE)
     pre: str
-    tokens: list[str]             # the metadata's own list (shared, not copied) unless a token was empty
+    tokens: Sequence[str]         # the metadata's own array (shared, not copied) unless a token was empty
     scores: np.ndarray            # float32 [n_vocab]
     attrs: array                  # uint16 attribute bits per token (array("H"): 2 bytes a token)
-    token_to_id: dict[str, int]
+    index: dict[str, int] | None  # text -> id; None once dropped (see token_to_id)
     bos_id: int | None
     eos_id: int | None
     eot_id: int | None
@@ -56,6 +58,14 @@ class Vocab:
     @property
     def n_vocab(self) -> int:
         return len(self.tokens)
+
+    @property
+    def token_to_id(self) -> dict[str, int]:
+        """text -> id. A BPE tokenizer drops it once its encoder holds its own (a 49152-token map is
+        ~7 MiB of Python objects); it is rebuilt here if asked again."""
+        if self.index is None:
+            self.index = dict(zip(self.tokens, range(len(self.tokens))))
+        return self.index
 
     def partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Split raw text around special-token texts (llama.cpp's tokenizer_st_partition): control and
@@ -120,25 +130,63 @@ def _flag(meta: dict[str, Any], key: str, default: bool) -> bool:
     return default if v is None else bool(v)
 
 
+def _texts(tokens: Any) -> list[str]:
+    """The vocabulary's texts as str, checked to be valid UTF-8 (the reader keeps invalid bytes as
+    surrogates, and a StringArray decodes all of them in one pass)."""
+    if isinstance(tokens, StringArray):
+        try:
+            return tokens.strings("strict")
+        except UnicodeDecodeError:
+            texts = tokens.strings()
+    elif not all(isinstance(t, str) for t in tokens):
+        raise BadModelFile("GGUF tokenizer.ggml.tokens holds something other than strings; the vocabulary is corrupt")
+    else:
+        texts = list(tokens)
+        try:
+            "".join(texts).encode("utf-8")
+            return texts
+        except UnicodeEncodeError:
+            pass
+    bad = next(i for i, t in enumerate(texts) if not _utf8(t))
+    raise BadModelFile(f"GGUF token {bad} is not valid UTF-8 ({texts[bad].encode('utf-8', 'surrogateescape')[:16]!r});"
+                       f" the vocabulary is corrupt")
+
+
+def _attrs(types: Any, n: int) -> array:
+    """GGUF token types -> llama.cpp attribute bits, 2 bytes a token; unknown types are UNDEFINED."""
+    if types is None:
+        return array("H", [NORMAL]) * n
+    try:
+        t = np.asarray(types)[:n]
+        t = t.astype(np.int64) if t.dtype.kind in "iub" else None
+    except (TypeError, ValueError, OverflowError):
+        t = None
+    if t is None:
+        return array("H", [_TYPE_TO_ATTR.get(x, UNDEFINED) for x in _tolist(types)[:n]])
+    a = np.where((t >= 0) & (t < _ATTR_LUT.size), _ATTR_LUT[np.clip(t, 0, _ATTR_LUT.size - 1)], UNDEFINED)
+    return array("H", a.astype(np.uint16).tobytes())
+
+
+def _where(attrs: array, bits: int) -> list[int]:
+    """Indices of the tokens with any of `bits` set."""
+    return np.flatnonzero(np.frombuffer(attrs, dtype=np.uint16) & bits).tolist()
+
+
 def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
     """Read the vocabulary from GGUF metadata the way llama.cpp does (llama_vocab::impl::load).
     bpe_add_bos: the BPE pre-tokenizer's add-BOS default, before the metadata overrides it."""
     model = meta.get("tokenizer.ggml.model")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
+    raw = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(raw, (list, StringArray)) or not len(raw):
         raise BadModelFile("GGUF has no tokenizer.ggml.tokens vocabulary; re-convert the model with its tokenizer")
-    n = len(tokens)
-    if not all(isinstance(t, str) for t in tokens):
-        raise BadModelFile("GGUF tokenizer.ggml.tokens holds something other than strings; the vocabulary is corrupt")
-    try:
-        "".join(tokens).encode("utf-8")
-    except UnicodeEncodeError:          # the reader keeps invalid UTF-8 as surrogates: find the token
-        bad = next(i for i, t in enumerate(tokens) if not _utf8(t))
-        raise BadModelFile(f"GGUF token {bad} is not valid UTF-8 ({tokens[bad].encode('utf-8', 'surrogateescape')[:16]!r});"
-                           f" the vocabulary is corrupt") from None
-    if not all(tokens):
-        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-    token_to_id = dict(zip(tokens, range(n)))
+    n = len(raw)
+    texts = _texts(raw)
+    # keep the compact array for token texts where it says the same as the list
+    tokens: Sequence[str] = raw if isinstance(raw, StringArray) else texts
+    if not all(texts):
+        texts = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(texts)]
+        tokens = texts
+    token_to_id = dict(zip(texts, range(n)))
     if len(token_to_id) != n:
         raise BadModelFile(f"GGUF vocabulary has {n - len(token_to_id)} duplicate tokens; re-convert the model")
     scores_raw = meta.get("tokenizer.ggml.scores")
@@ -151,13 +199,10 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
     except (TypeError, ValueError):
         raise BadModelFile("GGUF tokenizer.ggml.scores holds something other than numbers; the vocabulary is "
                            "corrupt") from None
-    if types is not None:
-        attrs = array("H", [_TYPE_TO_ATTR.get(t, UNDEFINED) for t in _tolist(types)[:n]])
-    else:
-        attrs = array("H", [NORMAL]) * n
-    for i in (i for i, a in enumerate(attrs) if a & BYTE):
-        if not _BYTE_TEXT.fullmatch(tokens[i]):
-            raise BadModelFile(f"GGUF token {i} is marked as a byte token but its text is {tokens[i][:20]!r}, "
+    attrs = _attrs(types, n)
+    for i in _where(attrs, BYTE):
+        if not _BYTE_TEXT.fullmatch(texts[i]):
+            raise BadModelFile(f"GGUF token {i} is marked as a byte token but its text is {texts[i][:20]!r}, "
                                f"not <0xHH>; the vocabulary is corrupt")
 
     spm = model == "llama"
@@ -183,13 +228,13 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
     if eom is None and "<|eom_id|>" in token_to_id:
         eom = token_to_id["<|eom_id|>"]
         control(eom)
-    for k, texts in _FIM_TEXTS.items():
+    for k, candidates in _FIM_TEXTS.items():
         if fim[k] is None:
-            fim[k] = next((token_to_id[t] for t in texts if t in token_to_id), None)
+            fim[k] = next((token_to_id[t] for t in candidates if t in token_to_id), None)
             if fim[k] is not None:
                 control(fim[k])
-    for i in range(n):
-        if attrs[i] & CONTROL and "unused" in tokens[i]:
+    for i in _where(attrs, CONTROL):
+        if "unused" in texts[i]:
             attrs[i] |= UNUSED
     eog = {i for i in fim.values() if i is not None}
     for t in _EOG_TEXTS:
@@ -211,9 +256,9 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
         eog.discard(s_id)
         attrs[s_id] = NORMAL
 
-    specials = [(tokens[i], i, attrs[i]) for i in range(n) if attrs[i] & (CONTROL | USER_DEFINED | UNKNOWN)]
+    specials = [(texts[i], i, attrs[i]) for i in _where(attrs, CONTROL | USER_DEFINED | UNKNOWN)]
     specials.sort(key=lambda s: -len(s[0].encode()))
     return Vocab(model=str(model), pre=str(meta.get("tokenizer.ggml.pre") or "default"), tokens=tokens,
-                 scores=scores, attrs=attrs, token_to_id=token_to_id, bos_id=bos, eos_id=eos, eot_id=eot,
+                 scores=scores, attrs=attrs, index=token_to_id, bos_id=bos, eos_id=eos, eot_id=eot,
                  eom_id=eom, unk_id=unk, pad_id=pad, add_bos=add_bos, add_eos=add_eos,
                  add_space_prefix=add_space_prefix, eog_ids=frozenset(eog), specials=specials)
