@@ -57,7 +57,21 @@ def _load_library():
         lib.cellar_gemm_tiled.argtypes = [i32]
         lib.cellar_gemm_tiled.restype = i32
         lib.cellar_gemm_buffer_bytes.restype = i64
+    _bind_prefill(lib)
     return lib
+
+
+def _bind_prefill(lib) -> None:
+    """The prefill's small ops (native/src/prefill.c), where the library has them."""
+    if not hasattr(lib, "cellar_pf_rms_norm"):
+        return
+    i64, i32, vp, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+    lib.cellar_pf_rms_norm.argtypes = [i64, i32, vp, i64, i32, vp, f32, vp, i64, i32]
+    lib.cellar_pf_residual.argtypes = [i64, i32, vp, i64, vp, i64, i32, vp, vp, f32, vp, i64, i32]
+    lib.cellar_pf_rope.argtypes = [i64, i32, i32, i32, i32, vp, i64, i32, vp, f32, f32, vp, vp, i64, vp, i64]
+    lib.cellar_pf_glu.argtypes = [i32, i64, i32, vp, i64, i32, vp, i64, i32, vp, i64, i32]
+    for name in ("cellar_pf_rms_norm", "cellar_pf_residual", "cellar_pf_rope", "cellar_pf_glu"):
+        getattr(lib, name).restype = None
 
 
 def best_isa() -> str:
@@ -242,6 +256,11 @@ def gemm_tiled(w: QTensor) -> bool:
     """Whether the path in use has a tile kernel for w's type (else the GEMM runs the GEMV's dot per
     pair: exact, but slower than dequantize + matmul)."""
     return gemm_supported(w) and bool(_lib.cellar_gemm_tiled(int(w.qtype)))
+
+
+def has_prefill_ops() -> bool:
+    """Whether the library has the prefill's native small ops (engine/prefill.py)."""
+    return _lib is not None and hasattr(_lib, "cellar_pf_rms_norm")
 
 
 def gemm_buffer_bytes() -> int:

@@ -73,6 +73,7 @@ class Scratch:
 
     def __init__(self, n_elements: int, dtype: torch.dtype | None = None):
         self.buf = torch.zeros(max(int(n_elements), 1), dtype=dtype or SCRATCH_DTYPE)
+        self.ubatch = None           # engine.prefill.UbatchBuffers: the batched layer's activations
 
     @classmethod
     def for_weights(cls, weights: Iterable[QTensor]) -> "Scratch":
@@ -83,7 +84,7 @@ class Scratch:
 
     @property
     def nbytes(self) -> int:
-        return self.buf.numel() * self.buf.element_size()
+        return self.buf.numel() * self.buf.element_size() + (self.ubatch.nbytes if self.ubatch is not None else 0)
 
     def view(self, w: QTensor) -> torch.Tensor:
         if self.buf.numel() < w.rows * w.cols:     # the path changed after load (CELLAR_PREFILL, tests)
@@ -97,8 +98,12 @@ def _chunks(rows: int, n_threads: int) -> list[tuple[int, int]]:
     return [(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 
-def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None) -> torch.Tensor:
-    """x @ W.T for x f32 [n, cols]: GEMV on the blocks for small n, else dequantize + matmul."""
+def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W.T for x f32 [n, cols]: GEMV on the blocks for small n, else dequantize + matmul. With out
+    ([n, rows] in the scratch's type: engine/prefill.py's buffers) a dequantize + matmul writes its
+    product there as the matmul gives it (bf16 from a bf16 scratch) and returns out; x may then be in
+    the scratch's type already."""
     if gpu_kernels.runs_here(w):            # blocks on the offload device: x is there too
         return gpu_kernels.linear(x, w, q8=x.shape[0] <= GEMV_MAX_ROWS or scratch is None)
     if x.shape[0] <= GEMV_MAX_ROWS:
@@ -116,8 +121,11 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None) -> torch
         # matmul on this thread. 2-core Xeon, 2 threads, pp tok/s chunks -> this: SmolLM2 pp32 175 -> 287,
         # pp128 451 -> 709, pp512 687 -> 890; Gemma-3 pp32 210 -> 321, pp128 554 -> 756, pp512 930 -> 946
         kernels.dequantize_into(w, W)
+        if out is not None:
+            return torch.mm(xs, W.T, out=out)
         return torch.mm(xs, W.T).float()
-    out = torch.empty(x.shape[0], w.rows, dtype=torch.float32)
+    if out is None or out.dtype != torch.float32:
+        out = torch.empty(x.shape[0], w.rows, dtype=torch.float32)
 
     def part(r0: int, r1: int) -> None:
         # each chunk is dequantized and multiplied by the thread that takes it, while it is in cache
@@ -128,15 +136,27 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None) -> torch
     return out
 
 
-def linear_many(x: torch.Tensor, ws: list[QTensor], scratch: Scratch | None = None) -> list[torch.Tensor]:
+def linear_many(x: torch.Tensor, ws: list[QTensor], scratch: Scratch | None = None,
+                outs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """[linear(x, w) for w in ws]; for one row of x (decode), or a batch all of whose weights take the
-    GEMM, in one native call that prepares x once."""
+    GEMM, in one native call that prepares x once. outs: as linear's out, one per weight."""
     if x.shape[0] == 1 and all(isinstance(w, QTensor) for w in ws):
         return kernels.gemv_many(ws, x.contiguous())
     if (x.shape[0] > GEMV_MAX_ROWS and len(ws) <= kernels.MULTI_MAX and all(use_gemm(w) for w in ws)
             and len({w.cols for w in ws}) == 1):
         return kernels.gemm_many(ws, x.contiguous())
-    return [linear(x, w, scratch) for w in ws]
+    return [linear(x, w, scratch, None if outs is None else o) for w, o in zip(ws, outs or [None] * len(ws))]
+
+
+def batched_dtype(n: int, ws: Iterable[QTensor], scratch: Scratch | None) -> torch.dtype | None:
+    """The type linear(x, w, scratch, out) takes and gives for n rows through every w in ws when each runs
+    dequantize + matmul on this CPU (the scratch's type), else None (GEMV, GEMM, offload: f32 x)."""
+    if scratch is None or n <= GEMV_MAX_ROWS:
+        return None
+    for w in ws:
+        if not isinstance(w, QTensor) or use_gemm(w) or gpu_kernels.runs_here(w):
+            return None
+    return scratch.buf.dtype
 
 
 def get_rows(w: QTensor, ids: torch.Tensor | list[int]) -> torch.Tensor:
@@ -158,7 +178,7 @@ ATTEND_SCORES = ATTEND_BLOCK * 512     # query rows x cells per task: bounds the
 
 
 def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float,
-           cache_dtype: torch.dtype | None = None) -> torch.Tensor:
+           cache_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q K^T * scale + mask) V with grouped-query heads, as two batched matmuls per K/V head.
 
     q [n, heads, d], K [n_kv, heads_kv, d], V [n_kv, heads_kv, dv], mask f32 [n, n_kv] (0 or -inf), or a
@@ -173,13 +193,18 @@ def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float
 
     cache_dtype (f16 or bf16: the cache's type) rounds as llama.cpp's attention without flash attention
     does: its matmuls convert the f32 operand to the cache's type, so q is rounded to it before q K^T and
-    the softmax probabilities before their product with V (both products accumulate in f32)."""
+    the softmax probabilities before their product with V (both products accumulate in f32).
+
+    out: [n, heads * dv] to write the result into (any float type: engine/prefill.py's buffer in the
+    output projection's input type), returned."""
     n, n_kv = q.shape[0], K.shape[0]
     if q.device.type != "cpu" or (n <= ATTEND_BLOCK and n * n_kv <= ATTEND_SCORES):
-        return _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale, cache_dtype)
+        o = _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale, cache_dtype)
+        return o if out is None else out.copy_(o)
     if not hasattr(mask, "block"):
         mask = _DenseMask(mask)
-    out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
+    if out is None:
+        out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
 
     def block(r0: int, r1: int) -> None:
         c0, c1, m = mask.block(r0, r1)

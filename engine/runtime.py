@@ -29,6 +29,7 @@ from engine.models import model_class
 from engine.models.base import Step, rms_norm
 from engine.offload_model import attach
 from engine.ops import Scratch, linear
+from engine.prefill import attach_buffers
 from engine.tokenizer import load_tokenizer
 
 Progress = Callable[[float, str], None]
@@ -118,6 +119,7 @@ class Model:
 
         def scratch() -> None:
             self.scratch = Scratch.for_weights(self.net.matrices())
+            attach_buffers(self.scratch, self.net.hp, self.n_ubatch)   # the batched layer's activations
             self.offload, self.warnings = attach(self.net, self.kv, opts)
 
         def warmup() -> None:

@@ -24,6 +24,8 @@ KERNEL_SOURCES += ("gemm.c",)          # prefill tiles
 COMMON_SOURCES += ("gemm_run.c",)
 KERNEL_SOURCES += ("decode.c",)        # one-token decoder layer
 COMMON_SOURCES += ("decode_entry.c",)
+KERNEL_SOURCES += ("prefill.c",)       # the batched layer's small ops
+COMMON_SOURCES += ("prefill_entry.c",)
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 # (ISA number in common.h, flags); the scalar build uses the compiler's baseline only

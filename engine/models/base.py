@@ -15,13 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine import decode_native
 from engine.errors import BadModelFile
 from engine.kv_cache import KVCache, KVMemory
 from engine.gpu_kernels import quantize_q8
-from engine.ops import Scratch, as_f32, attend, get_rows, linear, linear_many
+from engine.ops import Scratch, as_f32, attend, get_rows, linear
 from engine.quant import QTensor
 
 Progress = Callable[[float, str], None]
@@ -187,9 +186,10 @@ ROUNDS_LIKE = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, il: int, step: Step,
-              scale: float) -> torch.Tensor:
+              scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """Store this ubatch's k, v [n, heads_kv, dim] for layer il, then attend q [n, heads, dim] over the
-    cache's cells in use (GQA: each K/V head serves n_head / n_head_kv query heads). -> [n, heads*dim_v]"""
+    cache's cells in use (GQA: each K/V head serves n_head / n_head_kv query heads). -> [n, heads*dim_v],
+    in out when given (engine/prefill.py's buffer)."""
     n = q.shape[0]
     n_head_kv = k.shape[1]
     name = cache.name
@@ -200,7 +200,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
             cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
         else:                                 # offload: rows stored where layer il's cache lives
             step.placed.store(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
-        return attention_by_sequence(q, cache, il, step.groups[name], n_head_kv, scale)
+        a = attention_by_sequence(q, cache, il, step.groups[name], n_head_kv, scale)
+        return a if out is None else out.copy_(a)
     if step.placed is None:
         cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
         # K/V into the cache's f32 buffers (made at load); the mask a block of rows at a time where the
@@ -213,7 +214,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
         K, V = step.placed.kv(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1), step.n_kv[name])
         mask = step.placed.on(step.masks[name], q.device)
     return attend(q, K.view(-1, n_head_kv, cache.k_width // n_head_kv),
-                  V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale, ROUNDS_LIKE.get(cache.kv_type))
+                  V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale, ROUNDS_LIKE.get(cache.kv_type), out)
 
 
 def attention_by_sequence(q: torch.Tensor, cache: KVCache, il: int, groups, n_head_kv: int,
@@ -336,11 +337,6 @@ class Transformer:
         return x
 
 
-def swiglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
-    gate, up = linear_many(x, [w["ffn_gate"], w["ffn_up"]], scratch)
-    return linear(F.silu(gate).mul_(up), w["ffn_down"], scratch)
-
-
 def _gelu_table() -> torch.Tensor:
     """ggml's GELU(tanh) table (GGML_GELU_FP16): the f32 formula on every half, rounded to a half; the
     native library's own copy when it is loaded, so the torch and native paths read the same values."""
@@ -391,11 +387,6 @@ def geglu_into(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         fn(gate.numel(), gate.data_ptr(), up.data_ptr())
         return gate
     return gelu_ggml(gate).mul_(up)
-
-
-def geglu(x: torch.Tensor, w: dict, scratch: Scratch) -> torch.Tensor:
-    gate, up = linear_many(x, [w["ffn_gate"], w["ffn_up"]], scratch)
-    return linear(geglu_into(gate, up), w["ffn_down"], scratch)
 
 
 def inv_sqrt(n: int) -> float:

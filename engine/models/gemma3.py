@@ -15,9 +15,10 @@ import math
 
 from engine import decode_native
 from engine.kv_cache import KVMemory
-from engine.models.base import Hparams, Step, Transformer, attention, geglu, rms_norm
+from engine.models.base import Hparams, Step, Transformer, attention
 from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
-from engine.ops import Scratch, get_rows, linear, linear_many
+from engine.ops import Scratch, get_rows
+from engine.prefill import GELU, layer_ops
 
 SWA_PATTERN = 6            # llama.cpp: hparams.set_swa_pattern(6)
 ROPE_BASE_SWA = 10000.0
@@ -68,15 +69,15 @@ class Gemma3(Transformer):
         if (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
             return y               # one token (of each sequence): the whole layer in one native call
         hp, n = self.hp, len(step.ids)
-        rope = self.rope_of(il)
-        h = rms_norm(x, w["attn_norm"], hp.eps)
-        q, k, v = linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], scratch)
-        q = q.view(n, hp.n_head, hp.head_dim)
-        k = k.view(n, hp.n_head_kv, hp.head_dim)
-        v = v.view(n, hp.n_head_kv, hp.head_dim_v)
-        q = rope(rms_norm(q, w["attn_q_norm"], hp.eps), step.pos) * hp.q_scale
-        k = rope(rms_norm(k, w["attn_k_norm"], hp.eps), step.pos)
-        a = attention(q, k, v, kv.cache_of(il), il, step, 1.0)
-        x = x + rms_norm(linear(a, w["attn_output"], scratch), w["post_attention_norm"], hp.eps)
-        f = geglu(rms_norm(x, w["ffn_norm"], hp.eps), w, scratch)
-        return x + rms_norm(f, w["post_ffw_norm"], hp.eps)
+        rope, L = self.rope_of(il), layer_ops(x, w, scratch)
+        h = L.norm(x, w["attn_norm"], hp.eps)
+        q, k, v = L.linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], ("q", "k", "v"))
+        q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q", w["attn_q_norm"], hp.eps, hp.q_scale)
+        k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k", w["attn_k_norm"], hp.eps)
+        v = L.as_f32(v, "v").view(n, hp.n_head_kv, hp.head_dim_v)
+        a = attention(q, k, v, kv.cache_of(il), il, step, 1.0, L.attention_out(n))
+        x, h = L.residual(x, L.linear(a, w["attn_output"], "o"), hp.eps, w_post=w["post_attention_norm"],
+                          w_next=w["ffn_norm"])
+        gate, up = L.linear_many(h, [w["ffn_gate"], w["ffn_up"]], ("gate", "up"))
+        x, _ = L.residual(x, L.linear(L.glu(GELU, gate, up), w["ffn_down"], "o"), hp.eps, w_post=w["post_ffw_norm"])
+        return x

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from engine import decode_native
 from engine.kv_cache import KVMemory
-from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt, rms_norm, swiglu
+from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt
 from engine.model_checks import MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
-from engine.ops import Scratch, linear, linear_many
+from engine.ops import Scratch
+from engine.prefill import SILU, layer_ops
 
 
 class Llama(Transformer):
@@ -48,13 +49,14 @@ class Llama(Transformer):
         if (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
             return y               # one token (of each sequence): the whole layer in one native call
         hp, n = self.hp, len(step.ids)
-        rope = self.rope_of(il)
-        h = rms_norm(x, w["attn_norm"], hp.eps)
-        q, k, v = linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], scratch)
-        q = q.view(n, hp.n_head, hp.head_dim)
-        k = k.view(n, hp.n_head_kv, hp.head_dim)
-        v = v.view(n, hp.n_head_kv, hp.head_dim_v)
-        q, k = rope(q, step.pos), rope(k, step.pos)
-        a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim))
-        x = x + linear(a, w["attn_output"], scratch)
-        return x + swiglu(rms_norm(x, w["ffn_norm"], hp.eps), w, scratch)
+        rope, L = self.rope_of(il), layer_ops(x, w, scratch)
+        h = L.norm(x, w["attn_norm"], hp.eps)
+        q, k, v = L.linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], ("q", "k", "v"))
+        q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q")
+        k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k")
+        v = L.as_f32(v, "v").view(n, hp.n_head_kv, hp.head_dim_v)
+        a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim), L.attention_out(n))
+        x, h = L.residual(x, L.linear(a, w["attn_output"], "o"), hp.eps, w_next=w["ffn_norm"])
+        gate, up = L.linear_many(h, [w["ffn_gate"], w["ffn_up"]], ("gate", "up"))
+        x, _ = L.residual(x, L.linear(L.glu(SILU, gate, up), w["ffn_down"], "o"), hp.eps)
+        return x

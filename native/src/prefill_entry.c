@@ -1,0 +1,61 @@
+/* Entry points of the prefill's small ops (prefill.c, compiled per ISA): the call on the instruction
+ * set dispatch.c has chosen. Kinds: 0 f32, 1 bf16; strides in elements. */
+#include "common.h"
+
+int cellar_isa(void);
+
+#define DECLARE_PREFILL(sfx) \
+    void pf_rms_norm_##sfx(int64_t, int, const void *, int64_t, int, const float *, float, void *, int64_t, int); \
+    void pf_residual_##sfx(int64_t, int, float *, int64_t, const void *, int64_t, int, const float *, const float *, \
+                           float, void *, int64_t, int); \
+    void pf_rope_##sfx(int64_t, int, int, int, int, const void *, int64_t, int, const float *, float, float, \
+                       const float *, const float *, int64_t, float *, int64_t); \
+    void pf_glu_##sfx(int, int64_t, int, const void *, int64_t, int, const void *, int64_t, int, void *, int64_t, int);
+DECLARE_PREFILL(scalar)
+#ifdef HAVE_AVX2
+DECLARE_PREFILL(avx2)
+#endif
+#ifdef HAVE_AVX512
+DECLARE_PREFILL(avx512)
+DECLARE_PREFILL(avx512vnni)
+#endif
+
+#ifdef HAVE_AVX512
+#define PICK_512(name, ...) case ISA_AVX512_VNNI: name##_avx512vnni(__VA_ARGS__); return; \
+                            case ISA_AVX512: name##_avx512(__VA_ARGS__); return;
+#else
+#define PICK_512(name, ...)
+#endif
+#ifdef HAVE_AVX2
+#define PICK_2(name, ...) case ISA_AVX2: name##_avx2(__VA_ARGS__); return;
+#else
+#define PICK_2(name, ...)
+#endif
+#define PICK(name, ...) switch (cellar_isa()) { PICK_512(name, __VA_ARGS__) PICK_2(name, __VA_ARGS__) \
+                                                default: name##_scalar(__VA_ARGS__); return; }
+
+/* out = rms_norm(a) * w, row by row */
+void cellar_pf_rms_norm(int64_t rows, int cols, const void *a, int64_t as, int kind_a, const float *w, float eps,
+                        void *out, int64_t os, int kind_out) {
+    PICK(pf_rms_norm, rows, cols, a, as, kind_a, w, eps, out, os, kind_out)
+}
+
+/* x += (w_post ? rms_norm(a) * w_post : a); then with w_next, out = rms_norm(x) * w_next */
+void cellar_pf_residual(int64_t rows, int cols, float *x, int64_t xs, const void *a, int64_t as, int kind_a,
+                        const float *w_post, const float *w_next, float eps, void *out, int64_t os, int kind_out) {
+    PICK(pf_residual, rows, cols, x, xs, a, as, kind_a, w_post, w_next, eps, out, os, kind_out)
+}
+
+/* out (f32) = rope([rms_norm(a head) * w_norm]) * scale, per row and head; cos/sin rows cs apart */
+void cellar_pf_rope(int64_t rows, int heads, int head_dim, int n_rot, int neox, const void *a, int64_t as,
+                    int kind_a, const float *w_norm, float eps, float scale, const float *cos, const float *sin,
+                    int64_t cs, float *out, int64_t os) {
+    PICK(pf_rope, rows, heads, head_dim, n_rot, neox, a, as, kind_a, w_norm, eps, scale, cos, sin, cs, out, os)
+}
+
+/* out = act(g) * u, act SiLU (op 0) or GELU(tanh) from ggml's f16 table (op 1) */
+void cellar_pf_glu(int op, int64_t rows, int cols, const void *g, int64_t gs, int kind_g, const void *u, int64_t us,
+                   int kind_u, void *out, int64_t os, int kind_out) {
+    PICK(pf_glu, op, rows, cols, g, gs, kind_g, u, us, kind_u, out, os, kind_out)
+}
+
