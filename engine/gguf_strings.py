@@ -113,6 +113,23 @@ class StringArray(Sequence):
                 return out
         return [self.raw(i).decode("utf-8", errors) for i in range(len(self))]
 
+    def raw_list(self, check_utf8: bool = False) -> list[bytes]:
+        """Every element's bytes; check_utf8: raise UnicodeDecodeError unless all are valid UTF-8."""
+        if not len(self):
+            return []
+        joined = self._joined()
+        if joined is not None:
+            out = joined.split(b"\x00")
+            if len(out) == len(self):
+                if check_utf8:
+                    joined.decode("utf-8")
+                return out
+        out = [self.raw(i) for i in range(len(self))]
+        if check_utf8:
+            for b in out:
+                b.decode("utf-8")
+        return out
+
     def split_pairs(self) -> tuple[list[str], list[str]] | None:
         """Each element split at its first space at index 1 or later (a BPE merge "a b" -> "a", "b"), as
         two lists; None where some element has no such space (or holds a NUL)."""

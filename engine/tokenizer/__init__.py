@@ -9,6 +9,8 @@ pre-tokenizer regexes (bpe.py). Special-token text is split out first, as llama.
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import BadModelFile, UnsupportedModel
@@ -26,23 +28,47 @@ def load_tokenizer(g: "GGUFFile") -> Tokenizer:
     return tokenizer_from_metadata(g.metadata)
 
 
+@contextmanager
+def _no_cyclic_gc():
+    """The build makes ~50k tuples (BPE merge pairs): each 700 trip the cyclic collector, and with torch
+    loaded a full collection walks ~1M unrelated objects, 40-60 ms of a 100 ms build. Nothing it makes
+    is cyclic, so the collector waits, then its previous state (the app runs it by hand) comes back."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
+    with _no_cyclic_gc():
+        return _build(meta)
+
+
+def _build(meta: dict[str, Any]) -> Tokenizer:
+    from engine.tokenizer.token_keys import vocab_index
     from engine.tokenizer.vocab import load_vocab
 
     model = meta.get("tokenizer.ggml.model")
     if model == "llama":
         from engine.tokenizer.spm import SPMEncoder
-        vocab = load_vocab(meta)
-        return Tokenizer(vocab, SPMEncoder(vocab.token_to_id, vocab.scores), clean_spaces=False)
+        tokens, index = vocab_index(meta, as_bytes=True)
+        vocab = load_vocab(meta, tokens, lambda text: index.get(text.encode()))
+        return Tokenizer(vocab, SPMEncoder(index, vocab.scores), clean_spaces=False)
     if model == "gpt2":
         from engine.tokenizer.bpe import BPEEncoder, pre_tokenizer_for
         pre = pre_tokenizer_for(str(meta.get("tokenizer.ggml.pre") or "default"))
         merges = meta.get("tokenizer.ggml.merges")
         if not isinstance(merges, (list, StringArray)):
             raise BadModelFile("GGUF BPE vocabulary has no tokenizer.ggml.merges; re-convert the model")
-        vocab = load_vocab(meta, bpe_add_bos=pre.add_bos)
-        enc = BPEEncoder(vocab.token_to_id, merges, pre)
-        vocab.index = None      # the encoder holds its own map; token_to_id rebuilds one if asked
+        # the encoder first: the str map and merge pairs it takes are gone before the vocabulary's
+        # lasting objects are made (they would pin the allocator's arenas the transients filled)
+        tokens, index = vocab_index(meta, as_bytes=False)
+        enc = BPEEncoder(index, merges, pre)
+        del index
+        vocab = load_vocab(meta, tokens, enc.token_id, bpe_add_bos=pre.add_bos)
         return Tokenizer(vocab, enc, clean_spaces=pre.clean_spaces)
     if model is None:
         raise BadModelFile("GGUF has no tokenizer (tokenizer.ggml.model is missing); re-convert the model "

@@ -126,5 +126,8 @@ class BPEEncoder:
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         self._tok = tok
 
+    def token_id(self, text: str) -> int | None:
+        return self._tok.token_to_id(text)
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids if text else []

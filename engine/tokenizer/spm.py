@@ -13,31 +13,44 @@ SPACE = "\u2581"   # ▁, SentencePiece's escaped space
 
 
 class SPMEncoder:
-    def __init__(self, token_to_id: dict[str, int], scores):
-        self._ids = token_to_id
+    def __init__(self, token_to_id: dict[bytes, int], scores):
+        self._ids = token_to_id                 # keyed by UTF-8 bytes: half the memory of str keys
         # negated scores, 4 bytes a token (a list of Python floats took 32): exact, they are float32
         self._neg = array("f", (-np.asarray(scores, dtype=np.float32)).tobytes())
         self._bytes = [self._byte_token(b) for b in range(256)]
 
     def _byte_token(self, b: int) -> int | None:
-        t = self._ids.get(f"<0x{b:02X}>")
-        return t if t is not None else self._ids.get(chr(b)) if b < 128 else None
+        t = self._ids.get(f"<0x{b:02X}>".encode())
+        return t if t is not None else self._ids.get(bytes((b,))) if b < 128 else None
 
     def encode(self, text: str) -> list[int]:
-        """Text whose spaces are already escaped to ▁ -> ids."""
-        n = len(text)
+        """Text whose spaces are already escaped to ▁ -> ids. Symbols are byte spans of its UTF-8 (one
+        character each to start; a lone surrogate is its 3 surrogatepass bytes, which no token holds)."""
+        data = text.encode("utf-8", "surrogatepass")
+        n = len(data)
         if n == 0:
             return []
         get, neg = self._ids.get, self._neg
-        length = [1] * n                       # symbol i spans text[i:i+length[i]]; 0 = merged away
-        prev = list(range(-1, n - 1))
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
+        if n == len(text):
+            starts = list(range(n + 1))
+        else:
+            starts = [i for i, c in enumerate(data) if c & 0xC0 != 0x80]
+            starts.append(n)
+        m = len(starts) - 1
+        length = [0] * n                        # symbol at byte i spans data[i:i+length[i]]; 0 = none
+        prev = [-1] * n
+        nxt = [-1] * n
         heap = []
-        for i in range(n - 1):
-            t = get(text[i:i + 2])
-            if t is not None:
-                heap.append((neg[t], i, i + 1, 2))
+        for k in range(m):
+            i = starts[k]
+            length[i] = starts[k + 1] - i
+            if k:
+                prev[i] = starts[k - 1]
+            if k + 1 < m:
+                nxt[i] = starts[k + 1]
+                t = get(data[i:starts[k + 2]])
+                if t is not None:
+                    heap.append((neg[t], i, starts[k + 1], starts[k + 2] - i))
         heapify(heap)
         while heap:
             _, left, right, size = heappop(heap)
@@ -52,22 +65,22 @@ class SPMEncoder:
                 prev[after] = left
             before = prev[left]
             if before >= 0:
-                t = get(text[before:left + size])
+                t = get(data[before:left + size])
                 if t is not None:
                     heappush(heap, (neg[t], before, left, left + size - before))
             if after >= 0:
-                t = get(text[left:after + length[after]])
+                t = get(data[left:after + length[after]])
                 if t is not None:
                     heappush(heap, (neg[t], left, after, size + length[after]))
         out: list[int] = []
         i = 0
         while i != -1:
-            piece = text[i:i + length[i]]
+            piece = data[i:i + length[i]]
             t = get(piece)
             if t is not None:
                 out.append(t)
             else:                               # only single characters can miss: merges make tokens
-                for b in piece.encode("utf-8", "surrogatepass"):
+                for b in piece:
                     bt = self._bytes[b]
                     if bt is not None:
                         out.append(bt)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from engine.errors import BadModelFile
-from engine.gguf_strings import StringArray
 
 # llama.cpp's token attributes (bit flags) and GGUF token types
 UNDEFINED, UNKNOWN, UNUSED, NORMAL, CONTROL, USER_DEFINED, BYTE = 0, 1, 2, 4, 8, 16, 32
@@ -42,7 +41,6 @@ class Vocab:
     tokens: Sequence[str]         # the metadata's own array (shared, not copied) unless a token was empty
     scores: np.ndarray            # float32 [n_vocab]
     attrs: array                  # uint16 attribute bits per token (array("H"): 2 bytes a token)
-    index: dict[str, int] | None  # text -> id; None once dropped (see token_to_id)
     bos_id: int | None
     eos_id: int | None
     eot_id: int | None
@@ -54,6 +52,7 @@ class Vocab:
     add_space_prefix: bool
     eog_ids: frozenset[int]
     specials: list[tuple[str, int, int]] = field(default_factory=list)   # (text, id, attr), longest first
+    _index: dict[str, int] | None = field(default=None, repr=False)
 
     @property
     def n_vocab(self) -> int:
@@ -61,11 +60,11 @@ class Vocab:
 
     @property
     def token_to_id(self) -> dict[str, int]:
-        """text -> id. A BPE tokenizer drops it once its encoder holds its own (a 49152-token map is
-        ~7 MiB of Python objects); it is rebuilt here if asked again."""
-        if self.index is None:
-            self.index = dict(zip(self.tokens, range(len(self.tokens))))
-        return self.index
+        """text -> id, built when first asked (the encoders hold their own maps: BPE's in HF tokenizers,
+        SPM's keyed by bytes; a str map of 49152 tokens is ~7 MiB of Python objects)."""
+        if self._index is None:
+            self._index = dict(zip(self.tokens, range(len(self.tokens))))
+        return self._index
 
     def partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Split raw text around special-token texts (llama.cpp's tokenizer_st_partition): control and
@@ -113,14 +112,6 @@ def _id(meta: dict[str, Any], key: str, default: int | None, n: int) -> int | No
     return v if 0 <= v < n else default
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def _tolist(v: Any) -> list:
     return v.tolist() if hasattr(v, "tolist") else list(v)
 
@@ -128,28 +119,6 @@ def _tolist(v: Any) -> list:
 def _flag(meta: dict[str, Any], key: str, default: bool) -> bool:
     v = meta.get(key)
     return default if v is None else bool(v)
-
-
-def _texts(tokens: Any) -> list[str]:
-    """The vocabulary's texts as str, checked to be valid UTF-8 (the reader keeps invalid bytes as
-    surrogates, and a StringArray decodes all of them in one pass)."""
-    if isinstance(tokens, StringArray):
-        try:
-            return tokens.strings("strict")
-        except UnicodeDecodeError:
-            texts = tokens.strings()
-    elif not all(isinstance(t, str) for t in tokens):
-        raise BadModelFile("GGUF tokenizer.ggml.tokens holds something other than strings; the vocabulary is corrupt")
-    else:
-        texts = list(tokens)
-        try:
-            "".join(texts).encode("utf-8")
-            return texts
-        except UnicodeEncodeError:
-            pass
-    bad = next(i for i, t in enumerate(texts) if not _utf8(t))
-    raise BadModelFile(f"GGUF token {bad} is not valid UTF-8 ({texts[bad].encode('utf-8', 'surrogateescape')[:16]!r});"
-                       f" the vocabulary is corrupt")
 
 
 def _attrs(types: Any, n: int) -> array:
@@ -167,28 +136,35 @@ def _attrs(types: Any, n: int) -> array:
     return array("H", a.astype(np.uint16).tobytes())
 
 
+def _memo(tokens: Sequence[str]) -> Callable[[int], str]:
+    seen: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        t = seen.get(i)
+        if t is None:
+            t = seen[i] = tokens[i]
+        return t
+    return text
+
+
+def _first(find, texts) -> int | None:
+    """The id of the first of `texts` in the vocabulary, or None."""
+    return next((i for i in map(find, texts) if i is not None), None)
+
+
 def _where(attrs: array, bits: int) -> list[int]:
     """Indices of the tokens with any of `bits` set."""
     return np.flatnonzero(np.frombuffer(attrs, dtype=np.uint16) & bits).tolist()
 
 
-def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
-    """Read the vocabulary from GGUF metadata the way llama.cpp does (llama_vocab::impl::load).
+def load_vocab(meta: dict[str, Any], tokens: Sequence[str], find: Callable[[str], int | None], *,
+               bpe_add_bos: bool = False) -> Vocab:
+    """Read the vocabulary from GGUF metadata the way llama.cpp does (llama_vocab::impl::load), given its
+    texts and their lookup from vocab_index (or the encoder built from it).
     bpe_add_bos: the BPE pre-tokenizer's add-BOS default, before the metadata overrides it."""
     model = meta.get("tokenizer.ggml.model")
-    raw = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(raw, (list, StringArray)) or not len(raw):
-        raise BadModelFile("GGUF has no tokenizer.ggml.tokens vocabulary; re-convert the model with its tokenizer")
-    n = len(raw)
-    texts = _texts(raw)
-    # keep the compact array for token texts where it says the same as the list
-    tokens: Sequence[str] = raw if isinstance(raw, StringArray) else texts
-    if not all(texts):
-        texts = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(texts)]
-        tokens = texts
-    token_to_id = dict(zip(texts, range(n)))
-    if len(token_to_id) != n:
-        raise BadModelFile(f"GGUF vocabulary has {n - len(token_to_id)} duplicate tokens; re-convert the model")
+    spm = model == "llama"
+    n = len(tokens)
     scores_raw = meta.get("tokenizer.ggml.scores")
     types = meta.get("tokenizer.ggml.token_type")
     if (scores_raw is not None and len(scores_raw) < n) or (types is not None and len(types) < n):
@@ -201,11 +177,10 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
                            "corrupt") from None
     attrs = _attrs(types, n)
     for i in _where(attrs, BYTE):
-        if not _BYTE_TEXT.fullmatch(texts[i]):
-            raise BadModelFile(f"GGUF token {i} is marked as a byte token but its text is {texts[i][:20]!r}, "
+        if not _BYTE_TEXT.fullmatch(tokens[i]):
+            raise BadModelFile(f"GGUF token {i} is marked as a byte token but its text is {tokens[i][:20]!r}, "
                                f"not <0xHH>; the vocabulary is corrupt")
 
-    spm = model == "llama"
     bos = _id(meta, "tokenizer.ggml.bos_token_id", 1 if spm else 11, n)
     eos = _id(meta, "tokenizer.ggml.eos_token_id", 2 if spm else 11, n)
     unk = _id(meta, "tokenizer.ggml.unknown_token_id", 0 if spm else None, n)
@@ -222,43 +197,44 @@ def load_vocab(meta: dict[str, Any], *, bpe_add_bos: bool = False) -> Vocab:
 
     # auto-detect special tokens by text, as llama.cpp does (they become control tokens)
     if eot is None:
-        eot = next((token_to_id[t] for t in _EOT_TEXTS if t in token_to_id), None)
+        eot = _first(find, _EOT_TEXTS)
         if eot is not None:
             control(eot)
-    if eom is None and "<|eom_id|>" in token_to_id:
-        eom = token_to_id["<|eom_id|>"]
+    if eom is None and find("<|eom_id|>") is not None:
+        eom = find("<|eom_id|>")
         control(eom)
     for k, candidates in _FIM_TEXTS.items():
         if fim[k] is None:
-            fim[k] = next((token_to_id[t] for t in candidates if t in token_to_id), None)
+            fim[k] = _first(find, candidates)
             if fim[k] is not None:
                 control(fim[k])
+    text = _memo(tokens)                # each special's text decoded once
     for i in _where(attrs, CONTROL):
-        if "unused" in texts[i]:
+        if "unused" in text(i):
             attrs[i] |= UNUSED
     eog = {i for i in fim.values() if i is not None}
     for t in _EOG_TEXTS:
-        i = token_to_id.get(t)
+        i = find(t)
         if i is not None:
             eog.add(i)
             control(i)
     for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):
-        if t in token_to_id:
-            attrs[token_to_id[t]] = USER_DEFINED
+        if find(t) is not None:
+            attrs[find(t)] = USER_DEFINED
     eog.update(i for i in (eos, eot, eom) if i is not None)
-    end = token_to_id.get("<|end|>")
-    has = {t for t in ("<|return|>", "<|call|>", "<|calls|>", "<|flush|>") if token_to_id.get(t) in eog}
+    end = find("<|end|>")
+    has = {t for t in ("<|return|>", "<|call|>", "<|calls|>", "<|flush|>") if find(t) in eog}
     if end in eog and (("<|return|>" in has and has & {"<|call|>", "<|calls|>"}) or {"<|calls|>", "<|flush|>"} <= has):
         eog.discard(end)
         attrs[end] = USER_DEFINED
-    s_id = token_to_id.get("</s>")
-    if s_id in eog and token_to_id.get("<|tool_response>") in eog:
+    s_id = find("</s>")
+    if s_id in eog and find("<|tool_response>") in eog:
         eog.discard(s_id)
         attrs[s_id] = NORMAL
 
-    specials = [(texts[i], i, attrs[i]) for i in _where(attrs, CONTROL | USER_DEFINED | UNKNOWN)]
+    specials = [(text(i), i, attrs[i]) for i in _where(attrs, CONTROL | USER_DEFINED | UNKNOWN)]
     specials.sort(key=lambda s: -len(s[0].encode()))
     return Vocab(model=str(model), pre=str(meta.get("tokenizer.ggml.pre") or "default"), tokens=tokens,
-                 scores=scores, attrs=attrs, index=token_to_id, bos_id=bos, eos_id=eos, eot_id=eot,
+                 scores=scores, attrs=attrs, bos_id=bos, eos_id=eos, eot_id=eot,
                  eom_id=eom, unk_id=unk, pad_id=pad, add_bos=add_bos, add_eos=add_eos,
                  add_space_prefix=add_space_prefix, eog_ids=frozenset(eog), specials=specials)

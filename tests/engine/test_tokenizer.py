@@ -196,3 +196,29 @@ def test_other_bpe_pre_tokenizers_match_llama_cpp(smollm2_path, pre):
     texts = [c["text"] for c in CORPUS["models"]["smollm2"]["cases"]]
     ref = CORPUS["smollm2_pre_variants"][pre]
     assert [(t, r) for t, r in zip(texts, ref) if tok.encode(t) != r] == []
+
+
+def test_bpe_merges_outside_the_vocabulary_are_dropped_from_a_string_array():
+    """Merges as the reader gives them (a StringArray): one naming a token outside the vocabulary, or
+    whose join is not a token, sends the list through the one-by-one filter (HF tokenizers would panic)."""
+    from engine.gguf_strings import StringArray
+    toks = ["a", "b", "c", "ab", "abc", "<|endoftext|>"]
+    for merges in (["a b", "ab c"], ["a b", "b c", "ab c"], ["a b", "x y", "ab c"], ["a b", "abc", "ab c"]):
+        meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
+                "tokenizer.ggml.tokens": StringArray.from_strings(toks),
+                "tokenizer.ggml.merges": StringArray.from_strings(merges)}
+        tok = tokenizer_from_metadata(meta)
+        assert tok.encode("abc") == [4] and tok.encode("bc") == [1, 2], merges
+        assert tok.vocab.token_to_id["ab"] == 3 and 5 in tok.eog_ids
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_build_leaves_the_cyclic_collector_as_it_was(enabled):
+    import gc
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        tokenizer_from_metadata(_spm_meta())
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
