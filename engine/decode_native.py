@@ -61,6 +61,9 @@ def _lib():
         lib.cellar_decode_check.restype = i32
         lib.cellar_decode_work_bytes.argtypes = [vp]
         lib.cellar_decode_work_bytes.restype = i64
+        if hasattr(lib, "cellar_decode_layers"):
+            lib.cellar_decode_layers.argtypes = [i32, vp, vp, vp]
+            lib.cellar_decode_layers.restype = i32
         lib._decode_typed = True
     return lib
 
@@ -133,6 +136,11 @@ class NativeDecode:
         self._refs = [ctypes.byref(L) if L is not None else None for L in self.layers]
         self._step = None
         self._steps: dict = {}
+        # every layer in one native call (all_layers): the descriptions' addresses, and a step's per layer
+        self._all = all(L is not None for L in self.layers) and hasattr(lib, "cellar_decode_layers")
+        n = len(self.layers)
+        self._layer_ptrs = (vp * n)(*[ctypes.addressof(L) for L in self.layers]) if self._all else None
+        self._step_ptrs = (vp * n)()
 
     def f32_attention(self, on: bool) -> None:
         """on: no rounding at all, for tests that measure what llama.cpp's rounding moves: attention without
@@ -198,6 +206,35 @@ def _group_args(step, cache, rope, r: int):
         return False
     st = DStep(int(step.slots[cache.name][r]), int(cells.numel()), mask.data_ptr(), *cs, cells.data_ptr())
     return st, ctypes.byref(st), (cells, mask)
+
+
+def all_layers(net, x: torch.Tensor, step, kv, weights) -> torch.Tensor | None:
+    """Every layer on the one token of step in one native call, in place on x [1, n_embd]; None where
+    that does not apply (then the caller runs layer by layer, each through `layer` or its torch path).
+    weights(il) gives the weights the step runs layer il with (the host's own for the native path)."""
+    if len(step.ids) != 1 or step.placed is not None or step.groups is not None:
+        return None
+    per_net = _decoders.get(net)
+    dec = per_net.get(kv) if per_net is not None else None
+    if dec is None or not dec._all or os.environ.get("CELLAR_NATIVE_DECODE", "1") == "0":
+        return None
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu" or x.numel() != net.hp.n_embd:
+        return None
+    ptrs = dec._step_ptrs
+    for il in range(len(dec.layers)):
+        cache = kv.cache_of(il)
+        kt = dec._kt[il]
+        if weights(il) is not net.layers[il] or cache.k[il] is not kt[0] or cache.v[il] is not kt[1]:
+            return None
+        st = dec.step_args(step, cache, net.rope_of(il))
+        if st is False:
+            return None
+        ptrs[il] = ctypes.addressof(st[0])
+    r = kernels._lib.cellar_decode_layers(len(dec.layers), dec._layer_ptrs, ptrs, x.data_ptr())
+    if r != 0:
+        st = dec.step_args(step, kv.cache_of(-r - 1), net.rope_of(-r - 1))[0]
+        raise RuntimeError(f"layer {-r - 1}: native decode failed (cell {st.cell}, {st.n_kv} cells)")
+    return x
 
 
 def layer(net, il: int, x: torch.Tensor, w: dict, step, kv) -> torch.Tensor | None:

@@ -323,9 +323,10 @@ class Transformer:
         [len(step.out_rows), n_vocab] of those rows when the step names them."""
         x = self.embed(step.ids)
         with self.place_step(step) as st:
-            for il in range(self.hp.n_layer):
-                x = self.block(il, st.to_layer(il, x), st.weights(il), step, kv, scratch)
-                st.done(il)
+            if decode_native.all_layers(self, x, step, kv, st.weights) is None:   # one token: one native call
+                for il in range(self.hp.n_layer):
+                    x = self.block(il, st.to_layer(il, x), st.weights(il), step, kv, scratch)
+                    st.done(il)
             x, out = x.to(st.output_device), st.output_weights
             if step.out_rows is not None:
                 x = rms_norm(x[step.out_rows], out["output_norm"], self.hp.eps)

@@ -70,6 +70,15 @@ int cellar_decode_layer(const dlayer *L, const dstep *S, float *x) {
     }
 }
 
+/* x through every layer of a one-token step in one call: layer i is L[i] with step S[i] (the layers of
+ * one cache share a step). 0, or -(i + 1) where layer i refused its step (nothing after it ran). One
+ * call a token instead of one a layer: the caller's per-layer overhead (ctypes, checks) goes. */
+int cellar_decode_layers(int n, const dlayer *const *L, const dstep *const *S, float *x) {
+    for (int i = 0; i < n; i++)
+        if (cellar_decode_layer(L[i], S[i], x) != 0) return -(i + 1);
+    return 0;
+}
+
 /* g[i] = GELU(tanh)(g[i]) * u[i] for n values as the decode layer's geglu does (ggml's f16 table, 0 at
  * x <= -10, x at x >= 10): the prefill's GEGLU over a whole ubatch in one pass */
 void cellar_geglu(int64_t n, float *g, const float *u) {
