@@ -24,6 +24,7 @@ the 0.3 tests/engine/test_runtime.py allows (on f32 all of them pass).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Iterable
 
@@ -198,6 +199,8 @@ def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float
     out: [n, heads * dv] to write the result into (any float type: engine/prefill.py's buffer in the
     output projection's input type), returned."""
     n, n_kv = q.shape[0], K.shape[0]
+    if q.device.type == "cpu" and hasattr(mask, "cell_pos") and kernels.has_prefill_ops():
+        return _attend_cells(q, K, V, _Cells(mask), scale, cache_dtype, out)
     if q.device.type != "cpu" or (n <= ATTEND_BLOCK and n * n_kv <= ATTEND_SCORES):
         o = _attend(q, K, V, mask.full() if hasattr(mask, "block") else mask, scale, cache_dtype)
         return o if out is None else out.copy_(o)
@@ -244,5 +247,76 @@ def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tenso
     s = s.view(heads_kv, g, n, n_kv).add_(mask).softmax(-1).view(heads_kv, g * n, n_kv)
     if cache_dtype is not None:
         s = s.to(cache_dtype).float()
+    o = torch.bmm(s, V.transpose(0, 1))                         # [heads_kv, g*n, dv]
+    return o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3).reshape(n, heads * dv)
+
+
+# ---- attention with the native masked softmax (native/src/softmax.c) ------------------------------
+ROUNDS = {None: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+class _Cells:
+    """A kv_cache.CellMask's arrays as the native softmax reads them (kept alive while it runs)."""
+
+    def __init__(self, m):
+        self.qpos = np.ascontiguousarray(m.pos, dtype=np.int64)
+        self.qbits = None if isinstance(m.bits, int) else np.ascontiguousarray(m.bits, dtype=np.int64)
+        self.bits = m.bits if isinstance(m.bits, int) else 0
+        self.cpos = np.ascontiguousarray(m.cell_pos, dtype=np.int64)
+        self.cseq = np.ascontiguousarray(m.cell_seq, dtype=np.int64)
+        self.window, self.n_kv = int(m.window), int(m.n_kv)
+
+    def q_at(self, r0: int) -> tuple[int, int | None]:
+        """Addresses of query row r0's position and sequence bits (None: one bits value for all)."""
+        return (self.qpos.ctypes.data + 8 * r0,
+                None if self.qbits is None else self.qbits.ctypes.data + 8 * r0)
+
+    def range(self, r0: int, r1: int) -> tuple[int, int]:
+        """The cells [c0, c1) any of query rows r0..r1 may see."""
+        c0, c1 = ctypes.c_int64(), ctypes.c_int64()
+        qp, qb = self.q_at(r0)
+        kernels._lib.cellar_pf_cell_range(r1 - r0, qp, qb, self.bits, self.n_kv, self.cpos.ctypes.data,
+                                          self.cseq.ctypes.data, self.window, ctypes.byref(c0), ctypes.byref(c1))
+        return c0.value, c1.value
+
+
+def _attend_cells(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cells, scale: float,
+                  cache_dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
+    """attend() over a CellMask: blocks of query rows as there, each block's scale, mask, softmax and
+    rounding of the probabilities in one native pass over its scores (no f32 mask is made; the mask comes
+    from the cells' positions and sequences), the query rounded to the cache's type once for all blocks."""
+    n, n_kv = q.shape[0], K.shape[0]
+    if cache_dtype is not None:
+        q = q.to(cache_dtype).float()
+    if out is None:
+        out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
+    rnd = ROUNDS[cache_dtype]
+
+    def block(r0: int, r1: int) -> None:
+        c0, c1 = cells.range(r0, r1)
+        if c1 == c0:
+            out[r0:r1] = 0
+            return
+        out[r0:r1] = _attend_block(q[r0:r1], K[c0:c1], V[c0:c1], cells, r0, c0, scale, rnd)
+
+    rows = max(1, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
+    if n <= rows:
+        block(0, n)
+    else:
+        split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in range(0, n, rows)])
+    return out
+
+
+def _attend_block(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cells, r0: int, c0: int,
+                  scale: float, rnd: int) -> torch.Tensor:
+    n, heads, d = q.shape
+    n_kv, heads_kv, dv = V.shape
+    g = heads // heads_kv
+    qg = q.view(n, heads_kv, g, d).permute(1, 2, 0, 3).reshape(heads_kv, g * n, d)
+    s = torch.bmm(qg, K.permute(1, 2, 0))                      # [heads_kv, g*n, n_kv]; row j: query j % n
+    qp, qb = cells.q_at(r0)
+    kernels._lib.cellar_pf_softmax(heads_kv * g * n, n, n_kv, s.data_ptr(), s.stride(1), scale, qp, qb, cells.bits,
+                                   cells.cpos.ctypes.data + 8 * c0, cells.cseq.ctypes.data + 8 * c0, cells.window,
+                                   rnd)
     o = torch.bmm(s, V.transpose(0, 1))                         # [heads_kv, g*n, dv]
     return o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3).reshape(n, heads * dv)

@@ -24,7 +24,7 @@ KERNEL_SOURCES += ("gemm.c",)          # prefill tiles
 COMMON_SOURCES += ("gemm_run.c",)
 KERNEL_SOURCES += ("decode.c",)        # one-token decoder layer
 COMMON_SOURCES += ("decode_entry.c",)
-KERNEL_SOURCES += ("prefill.c",)       # the batched layer's small ops
+KERNEL_SOURCES += ("prefill.c", "softmax.c")       # the batched layer's small ops, attention's softmax
 COMMON_SOURCES += ("prefill_entry.c",)
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 

@@ -157,3 +157,29 @@ def test_every_isa_gives_the_same_bits():
         kernels.set_isa(before)
     for a, b in zip(best, scalar):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("window,n,n_kv,seqs", [(0, 200, 200, 1), (64, 150, 300, 1), (0, 130, 160, 2)])
+def test_native_masked_softmax_attention_matches_the_torch_one(window, n, n_kv, seqs):
+    """ops.attend over a CellMask (the native masked softmax: ggml's exp, its f16 rounding of the
+    probabilities) against the f32 mask path, on a causal prompt, a sliding window, and two sequences
+    interleaved in one ubatch."""
+    from engine.kv_cache import CellMask, KVCache
+    heads, hkv, d = 4, 2, 32
+    c = KVCache("g", [0], 512, hkv * d, hkv * d, swa_window=window)
+    seq = np.arange(n_kv) % seqs
+    pos = np.zeros(n_kv, dtype=np.int64)
+    for s_ in range(seqs):
+        pos[seq == s_] = np.arange(int((seq == s_).sum()))
+    c.pos[:n_kv], c.seq[:n_kv] = pos, 1 << seq
+    rows_ = np.arange(n_kv - n, n_kv)
+    m = CellMask(c, pos[rows_], seq[rows_] if seqs > 1 else 0, n_kv)
+    g = torch.Generator().manual_seed(3)
+    q, K, V = (torch.randn(n, heads, d, generator=g), torch.randn(n_kv, hkv, d, generator=g),
+               torch.randn(n_kv, hkv, d, generator=g))
+    got = ops.attend(q, K, V, m, 0.2, torch.float16)
+    want = ops.attend(q, K, V, m.full(), 0.2, torch.float16)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
+    out = torch.zeros(n, heads * d, dtype=torch.bfloat16)
+    assert ops.attend(q, K, V, m, 0.2, torch.float16, out) is out
+    assert torch.equal(out, got.to(torch.bfloat16))
