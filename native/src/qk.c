@@ -91,6 +91,7 @@ static float FN(dot_q3_k)(int cols, const void *vw, const void *vy) {
     return hsum_ps(acc);
 }
 
+#if CK_ISA < ISA_AVX512
 static float FN(dot_q4_k)(int cols, const void *vw, const void *vy) {
     const blk_q4_k *w = vw; const act_q8k *y = vy;
     __m256 acc = _mm256_setzero_ps(); float extra = 0.f;
@@ -112,6 +113,8 @@ static float FN(dot_q4_k)(int cols, const void *vw, const void *vy) {
     }
     return hsum_ps(acc) + extra;
 }
+
+#endif
 
 static float FN(dot_q5_k)(int cols, const void *vw, const void *vy) {
     const blk_q5_k *w = vw; const act_q8k *y = vy;
@@ -136,6 +139,7 @@ static float FN(dot_q5_k)(int cols, const void *vw, const void *vy) {
     return hsum_ps(acc) + extra;
 }
 
+#if CK_ISA < ISA_AVX512
 static float FN(dot_q6_k)(int cols, const void *vw, const void *vy) {
     const blk_q6_k *w = vw; const act_q8k *y = vy;
     __m256 acc = _mm256_setzero_ps();
@@ -163,6 +167,99 @@ static float FN(dot_q6_k)(int cols, const void *vw, const void *vy) {
     }
     return hsum_ps(acc);
 }
+
+#else  /* CK_ISA >= ISA_AVX512 */
+
+/* AVX-512 Q4_K / Q6_K: 64 values per register (vpmaddubsw, then vpmaddwd by the sub-blocks' scales as
+ * 16-bit words: the pair sums stay below 2^15 for 4- and 6-bit weights). The 16 lane sums folded to 8
+ * are the AVX2 path's integers, and the float arithmetic is the AVX2 path's, so the results are
+ * bitwise those of the 256-bit kernels (and of gemm.c's tiles). */
+
+#ifndef PF_BYTES
+#define PF_BYTES 0
+#endif
+static inline void prefetch_ahead(const void *w, int bytes) {
+    if (PF_BYTES > 0) {
+        const char *p = (const char *)w + PF_BYTES;
+        for (int o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+    }
+}
+
+/* word index vector: words 0-15 take word a, 16-31 word b (vpermw) */
+#define IDX2(a, b) _mm512_set_epi16(b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, \
+                                    a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a)
+/* words 0-7 a, 8-15 b, 16-23 c, 24-31 d */
+#define IDX4(a, b, c, d) _mm512_set_epi16(d, d, d, d, d, d, d, d, c, c, c, c, c, c, c, c, \
+                                          b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
+
+static float FN(dot_q4_k)(int cols, const void *vw, const void *vy) {
+    const blk_q4_k *w = vw; const act_q8k *y = vy; const int nb = cols / QK_K;
+    prefetch_ahead(w, nb * (int)sizeof(blk_q4_k));
+    __m256 acc = _mm256_setzero_ps(); float extra = 0.f;
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    const __m512i i0 = IDX2(0, 1), i1 = IDX2(2, 3), i2 = IDX2(4, 5), i3 = IDX2(6, 7);
+    for (int b = 0; b < nb; b++) {
+        /* the 8 scales in bytes 0-7 and the 8 mins in bytes 8-15 (as scale_min_k4) */
+        uint32_t u[4]; memcpy(u, w[b].scales, 12);
+        u[3] = ((u[2] >> 4) & 0x0f0f0f0f) | (((u[1] >> 6) & 0x03030303) << 4);
+        const uint32_t mlo = u[1] & 0x3f3f3f3f;
+        u[1] = (u[2] & 0x0f0f0f0f) | (((u[0] >> 6) & 0x03030303) << 4);
+        u[2] = mlo;
+        u[0] &= 0x3f3f3f3f;
+        const __m128i sm = _mm_loadu_si128((const __m128i *)u);
+        const __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
+        __m512i sumi = _mm512_setzero_si512();
+#define Q4K_STEP(j, idx) { \
+            __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * (j)))); \
+            q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xFFFF0000u, q, 4), m4); \
+            const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512(y[b].qs + 64 * (j))); \
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, _mm512_permutexvar_epi16(idx, sc))); }
+        Q4K_STEP(0, i0) Q4K_STEP(1, i1) Q4K_STEP(2, i2) Q4K_STEP(3, i3)
+#undef Q4K_STEP
+        /* summ = sum_k mins[k] * (bsums[2k] + bsums[2k+1]) */
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm, sm));
+        const int summ = hsum_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[b].bsums), mins));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * F16(w[b].d)), _mm256_cvtepi32_ps(halves_epi32(sumi)), acc);
+        extra -= y[b].d * F16(w[b].dmin) * (float)summ;
+    }
+    return hsum_ps(acc) + extra;
+}
+
+static float FN(dot_q6_k)(int cols, const void *vw, const void *vy) {
+    const blk_q6_k *w = vw; const act_q8k *y = vy; const int nb = cols / QK_K;
+    prefetch_ahead(w, nb * (int)sizeof(blk_q6_k));
+    __m256 acc = _mm256_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(0xF), m30 = _mm512_set1_epi8(0x30);
+    const __m512i i0 = IDX4(0, 1, 2, 3), i1 = IDX4(4, 5, 6, 7), i2 = IDX4(8, 9, 10, 11), i3 = IDX4(12, 13, 14, 15);
+    for (int b = 0; b < nb; b++) {
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[b].scales));
+        const __m512i sc = _mm512_castsi256_si512(sc16);
+        __m512i sumi = _mm512_setzero_si512();
+#define Q6K_HALF(n, ia, ib) { \
+            const __m512i AB = _mm512_loadu_si512(w[b].ql + 64 * (n)); \
+            const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * (n)))); \
+            /* values 0-31: ql low nibbles | qh bits 0-1 (A), 32-63: | bits 2-3 (B) */ \
+            const __m512i h12 = _mm512_mask_slli_epi16(_mm512_slli_epi16(H, 2), 0x0000FFFFu, H, 4); \
+            const __m512i q12 = _mm512_ternarylogic_epi32(_mm512_and_si512(AB, m4), h12, m30, 0xF8); \
+            /* values 64-95: high nibbles | bits 4-5, 96-127: | bits 6-7 */ \
+            const __m512i h34 = _mm512_mask_srli_epi16(H, 0xFFFF0000u, H, 2); \
+            const __m512i q34 = _mm512_ternarylogic_epi32(_mm512_and_si512(_mm512_srli_epi16(AB, 4), m4), h34, m30, 0xF8); \
+            const int8_t *yq = y[b].qs + 128 * (n); \
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q12, _mm512_loadu_si512(yq)), \
+                                                            _mm512_permutexvar_epi16(ia, sc))); \
+            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(q34, _mm512_loadu_si512(yq + 64)), \
+                                                            _mm512_permutexvar_epi16(ib, sc))); }
+        Q6K_HALF(0, i0, i1) Q6K_HALF(1, i2, i3)
+#undef Q6K_HALF
+        /* stored value q in 0..63 stands for q - 32 */
+        const __m256i corr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)y[b].bsums), sc16);
+        const __m256i si = _mm256_sub_epi32(halves_epi32(sumi), _mm256_slli_epi32(corr, 5));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[b].d * F16(w[b].d)), _mm256_cvtepi32_ps(si), acc);
+    }
+    return hsum_ps(acc);
+}
+
+#endif
 
 #else  /* portable */
 
