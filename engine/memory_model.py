@@ -12,8 +12,12 @@ F32, BF16 = 4, 2
 
 
 # Calibrated on both real models (docs/memory.md): freed activation blocks that the allocator keeps, and
-# the temporaries that RoPE, norms and casts make, over the live set counted below.
+# the temporaries that RoPE, norms and casts make, over the live set counted below. (The torch path's
+# factor: engine/prefill.py's TorchOps, the offload device's plan.)
 ACT_FACTOR = 1.35
+# engine/ops.py's attention blocks (not imported: the planner never imports torch): query rows per block,
+# query rows x cells per block
+ATTEND_BLOCK, ATTEND_SCORES = 128, 128 * 512
 TORCH_WARM = 10 << 20       # RSS torch's thread pools and kernels keep after their first matmul and attention
 ROPE_BASE_SWA = {"gemma3": 10000.0}    # sliding-window layers' RoPE base, where it differs
 
@@ -34,12 +38,35 @@ def activation_floats_per_token(h: Hparams) -> int:
     return n
 
 
-def attention_bytes(h: Hparams, n_q: int, n_kv: int) -> int:
-    """Transient bytes of one layer's attention over n_kv cells: the scores and their softmax (n_head x
-    n_q x n_kv each) and K/V expanded to every query head. (The cache's K/V read as f32 go to buffers
-    made at load, kv_f32_bytes; the mask is made a block of rows at a time, bounded with the scores.)"""
+def ubatch_buffer_bytes(h: Hparams, ub: int, elt: int) -> int:
+    """engine/prefill.py's UbatchBuffers: the batched layer's activations for ub tokens, made at load; elt
+    the matmul's element size (the scratch's: 2 for bf16, 4 for f32)."""
+    n_q = max(h.n_head) * h.head_dim_k
+    n_a = max(h.n_head) * h.head_dim_v
+    k, v = max(h.kv_width(il) for il in range(h.n_layer))
+    return ub * (elt * (2 * h.n_embd + n_q + k + v + n_a + 2 * max(h.n_ff)) + F32 * (n_q + k + v))
+
+
+def transient_floats_per_token(h: Hparams) -> int:
+    """f32 values per token the batched layer still allocates per ubatch: the residual and the embedding
+    rows, the query rounded to the cache's type (two copies); Gemma-3 scales its embedding rows (one more)."""
+    n_q = max(h.n_head) * h.head_dim_k
+    return 2 * h.n_embd + 2 * n_q + (h.n_embd if h.arch == "gemma3" else 0)
+
+
+def attention_block_bytes(h: Hparams, threads: int) -> int:
+    """engine/ops.py's per-thread attention buffers (a block's query, scores and output at their largest),
+    one set per thread that runs blocks."""
     n_head = max(h.n_head)
-    return F32 * (2 * n_head * n_q * n_kv + n_head * n_kv * (h.head_dim_k + h.head_dim_v))
+    return threads * F32 * (n_head * ATTEND_BLOCK * (h.head_dim_k + h.head_dim_v) + n_head * ATTEND_SCORES)
+
+
+def _threads(s) -> int:
+    import os
+    try:
+        return s.threads or max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return s.threads or max(1, os.cpu_count() or 1)
 
 
 def kv_f32_bytes(h: Hparams, s) -> int:
@@ -72,9 +99,11 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
          "largest layer matrix, for prefill"),
         ("compute", "RoPE cos/sin tables", rope_tables(g, h) * s.ctx, f"f32, {s.ctx} positions"),
         ("compute", "norm weights (f32 copies)", norms, "private"),
-        ("compute", f"activations ({ub} tokens)", int(ACT_FACTOR * F32 * ub * activation_floats_per_token(h)),
-         "f32, reached by the warmup at load"),
-        ("compute", f"attention ({ub} x {ub} cells)", attention_bytes(h, ub, ub), "scores, softmax, expanded K/V"),
+        ("compute", f"activations ({ub} tokens, buffers)", ubatch_buffer_bytes(h, ub, BF16 if kind == "bf16" else F32),
+         "made at load, reused by every ubatch"),
+        ("compute", f"per-ubatch rows ({ub} tokens)", int(ACT_FACTOR * F32 * ub * transient_floats_per_token(h)),
+         "f32: residual, embedding, rounded query"),
+        ("compute", "attention blocks", attention_block_bytes(h, _threads(s)), f"per thread ({_threads(s)})"),
         ("compute", "K/V read as f32 (one layer per cache)", kv_f32_bytes(h, s), "every cell, made at load"),
         ("compute", "logits", 2 * F32 * h.n_vocab, "f32, last token"),
         ("overhead", "torch thread pools and kernels", TORCH_WARM, "measured once: after the first matmul"),
@@ -83,15 +112,16 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
 
 def full_context_extra(h: Hparams, s) -> int:
     """What the process adds over the load's peak once prompts fill the context. Nothing the runtime
-    allocates grows with the cells: attention (engine/ops.py attend) takes fewer query rows per task as
-    the cells grow and makes the mask per task, so its scores and mask stay the size they have at 512
-    cells, and K/V are read as f32 into buffers of every cell made at load (kv_f32_bytes). What is seen
-    is glibc keeping freed blocks in its per-thread arenas as later ubatches go: SmolLM2 ctx 2048,
-    +1.4..3.2% on a 2-core AVX2 EPYC, +5.2..7.2% (24-30 MiB) on a 2-core Xeon; modelled as one more
-    ubatch's activations wherever a prompt can take more than one ubatch."""
+    allocates grows with the cells: attention (engine/ops.py attend) takes fewer query rows per block as
+    the cells grow, into per-thread buffers of its largest block, makes no mask tensor, and reads K/V as
+    f32 into buffers of every cell made at load (kv_f32_bytes); the batched layer writes into buffers made
+    at load (engine/prefill.py). What is seen is glibc keeping freed blocks of the few rows still
+    allocated per ubatch: SmolLM2 ctx 2048 on a 2-core Xeon, default malloc, +1.05..1.22% (4.5-5.3 MiB,
+    five runs; +3.2..6.8% before the buffers); modelled as one more ubatch of them wherever a prompt can
+    take more than one ubatch."""
     if s.ctx <= s.n_ubatch:
         return 0
-    return int(ACT_FACTOR * F32 * s.n_ubatch * activation_floats_per_token(h))
+    return int(ACT_FACTOR * F32 * s.n_ubatch * transient_floats_per_token(h))
 
 
 def gpu_plan(g, h: Hparams, s, layers, output, rows, ram, vram) -> None:

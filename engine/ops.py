@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from typing import Iterable
 
 import numpy as np
@@ -297,7 +298,7 @@ def _attend_cells(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
         if c1 == c0:
             out[r0:r1] = 0
             return
-        out[r0:r1] = _attend_block(q[r0:r1], K[c0:c1], V[c0:c1], cells, r0, c0, scale, rnd)
+        _attend_block(q[r0:r1], K[c0:c1], V[c0:c1], cells, r0, c0, scale, rnd, out[r0:r1])
 
     rows = max(1, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
     if n <= rows:
@@ -307,16 +308,37 @@ def _attend_cells(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
     return out
 
 
+_WORK = threading.local()      # per thread: the attention block's buffers (see _block_work)
+
+
+def _block_work(heads: int, d: int, dv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """This thread's buffers for one block's query, scores and output at their largest (a block's rows x
+    cells never exceed ATTEND_SCORES, its rows ATTEND_BLOCK): made and touched on first use (the load's
+    warmup) and reused, so the blocks' varying shapes leave the allocator no freed blocks to keep."""
+    key = (heads, d, dv)
+    w = getattr(_WORK, "bufs", None)
+    if w is None or w[0] != key:
+        with torch.inference_mode(False):   # usable in place whether or not a later call is in inference mode
+            w = _WORK.bufs = (key, torch.zeros(heads * ATTEND_BLOCK * d), torch.zeros(heads * ATTEND_SCORES),
+                              torch.zeros(heads * ATTEND_BLOCK * dv))
+    return w[1:]
+
+
 def _attend_block(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cells, r0: int, c0: int,
-                  scale: float, rnd: int) -> torch.Tensor:
+                  scale: float, rnd: int, out: torch.Tensor) -> None:
     n, heads, d = q.shape
     n_kv, heads_kv, dv = V.shape
     g = heads // heads_kv
-    qg = q.view(n, heads_kv, g, d).permute(1, 2, 0, 3).reshape(heads_kv, g * n, d)
-    s = torch.bmm(qg, K.permute(1, 2, 0))                      # [heads_kv, g*n, n_kv]; row j: query j % n
-    qp, qb = cells.q_at(r0)
-    kernels._lib.cellar_pf_softmax(heads_kv * g * n, n, n_kv, s.data_ptr(), s.stride(1), scale, qp, qb, cells.bits,
+    qb, sb, ob = _block_work(heads, d, dv)
+    if n > ATTEND_BLOCK or n * n_kv > ATTEND_SCORES:             # not a block attend() makes
+        qb, sb, ob = (torch.empty(heads * n * d), torch.empty(heads * n * n_kv), torch.empty(heads * n * dv))
+    qg = qb[:heads * n * d].view(heads_kv, g, n, d)
+    qg.copy_(q.view(n, heads_kv, g, d).permute(1, 2, 0, 3))
+    qg = qg.view(heads_kv, g * n, d)
+    s = torch.bmm(qg, K.permute(1, 2, 0), out=sb[:heads * n * n_kv].view(heads_kv, g * n, n_kv))
+    qp, qbits = cells.q_at(r0)                                    # row j of s: query j % n
+    kernels._lib.cellar_pf_softmax(heads_kv * g * n, n, n_kv, s.data_ptr(), s.stride(1), scale, qp, qbits, cells.bits,
                                    cells.cpos.ctypes.data + 8 * c0, cells.cseq.ctypes.data + 8 * c0, cells.window,
                                    rnd)
-    o = torch.bmm(s, V.transpose(0, 1))                         # [heads_kv, g*n, dv]
-    return o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3).reshape(n, heads * dv)
+    o = torch.bmm(s, V.transpose(0, 1), out=ob[:heads * n * dv].view(heads_kv, g * n, dv))
+    out.view(n, heads_kv, g, dv).copy_(o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3))

@@ -42,7 +42,8 @@ class UbatchBuffers:
         widths = {"h": (hp.n_embd, dtype), "q": (nq, dtype), "k": (nk, dtype), "v": (nv, dtype),
                   "qr": (nq, torch.float32), "kr": (nk, torch.float32), "vf": (nv, torch.float32),
                   "a": (na, dtype), "o": (hp.n_embd, dtype), "gate": (hp.n_ff, dtype), "up": (hp.n_ff, dtype)}
-        self.t = {name: torch.zeros(rows, cols, dtype=dt) for name, (cols, dt) in widths.items()}
+        with torch.inference_mode(False):
+            self.t = {name: torch.zeros(rows, cols, dtype=dt) for name, (cols, dt) in widths.items()}
 
     @property
     def nbytes(self) -> int:
