@@ -12,6 +12,8 @@ from functools import lru_cache
 from operator import add
 from typing import Sequence
 
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers   # a library of the engine, loaded with it
+
 from engine.errors import UnsupportedModel
 from engine.gguf_strings import StringArray
 
@@ -116,8 +118,6 @@ class BPEEncoder:
     """Raw text (no special tokens) -> ids, exactly as llama.cpp's BPE session."""
 
     def __init__(self, token_to_id: dict[str, int], merges: Sequence[str], pre: PreTokenizer):
-        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-
         pairs = merge_pairs(token_to_id, merges)
         bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges)
         tok = Tokenizer(bpe)

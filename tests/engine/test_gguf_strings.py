@@ -58,3 +58,39 @@ def test_a_string_past_the_end_is_not_scanned():
     assert scan(buf[:-7], 2, 2, len(buf) - 7) is None             # ... or past the buffer
     huge = b"xx" + struct.pack("<Q", 2**64 - 1) + b"abc"
     assert scan(huge, 2, 2, len(huge)) is None
+
+
+def _scan_one_by_one(buf: bytes, pos: int, n: int) -> list[int]:
+    offs = []
+    for _ in range(n):
+        offs.append(pos)
+        pos += 8 + struct.unpack_from("<Q", buf, pos)[0]
+    return offs + [pos]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 8, 21])
+@pytest.mark.parametrize("seed", range(3))
+def test_the_numpy_scan_proves_its_offsets_or_steps_aside(seed, chunk, monkeypatch):
+    """_scan_short answers only what the one-by-one scan answers: long strings (>= 255 bytes), zero runs in
+    the text, empty strings and windows that end early make it step aside (None) or look further."""
+    from engine import gguf_strings
+    from engine.gguf_strings import _scan_short
+    monkeypatch.setattr(gguf_strings, "_CHUNK", chunk)          # small chunks: strings across their ends
+    rng = random.Random(seed)
+    answered = 0
+    for _ in range(400):
+        n = rng.randint(1, 12)
+        sizes = [rng.choice([0, 1, 3, 30, 200, 255, 256, 300]) if rng.random() < 0.3 else rng.randint(1, 20)
+                 for _ in range(n)]
+        items = [bytes(rng.choice(b"ab\x00 \xe2") if rng.random() < 0.2 else rng.randint(1, 255) for _ in range(k))
+                 for k in sizes]
+        buf = _file(items)
+        want = _scan_one_by_one(buf, 2, n)
+        got = _scan_short(buf, 2, n, len(buf))
+        if got is not None:
+            answered += 1
+            assert got[0].tolist() == want and got[1] == want[-1]
+        full = scan(buf, 2, n, len(buf))
+        assert full[0].tolist() == want and full[1] == want[-1]
+        assert scan(buf, 2, n, want[-1] - 1) is None                  # the last string ends past `size`
+    assert answered > 50
