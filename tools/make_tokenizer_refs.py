@@ -68,6 +68,7 @@ def write_variants(src: str, out_dir: str) -> None:
     import numpy as np
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from engine.gguf import GGUFFile
+    from engine.gguf_strings import StringArray
     meta = GGUFFile.open(src, read_data=False).metadata
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for pre in PRE_VARIANTS:
@@ -84,8 +85,8 @@ def write_variants(src: str, out_dir: str) -> None:
                 w.add_float32(k, v)
             elif isinstance(v, str):
                 w.add_string(k, v)
-            elif isinstance(v, (list, np.ndarray)):
-                w.add_array(k, v.tolist() if isinstance(v, np.ndarray) else v)
+            elif isinstance(v, (list, np.ndarray, StringArray)):
+                w.add_array(k, v.tolist() if isinstance(v, np.ndarray) else list(v))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
