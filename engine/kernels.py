@@ -70,10 +70,11 @@ def _bind_prefill(lib) -> None:
     lib.cellar_pf_residual.argtypes = [i64, i32, vp, i64, vp, i64, i32, vp, vp, f32, vp, i64, i32]
     lib.cellar_pf_rope.argtypes = [i64, i32, i32, i32, i32, vp, i64, i32, vp, f32, f32, vp, vp, i64, vp, i64]
     lib.cellar_pf_glu.argtypes = [i32, i64, i32, vp, i64, i32, vp, i64, i32, vp, i64, i32]
-    lib.cellar_pf_softmax.argtypes = [i64, i64, i64, vp, i64, f32, vp, vp, i64, vp, vp, i64, i32]
+    lib.cellar_pf_mask.argtypes = [i64, i64, i64, vp, i64, f32, vp, vp, i64, vp, vp, i64]
+    lib.cellar_pf_round.argtypes = [i64, i64, vp, i64, i32]
     lib.cellar_pf_cell_range.argtypes = [i64, vp, vp, i64, i64, vp, vp, i64, vp, vp]
-    for name in ("cellar_pf_rms_norm", "cellar_pf_residual", "cellar_pf_rope", "cellar_pf_glu", "cellar_pf_softmax",
-                 "cellar_pf_cell_range"):
+    for name in ("cellar_pf_rms_norm", "cellar_pf_residual", "cellar_pf_rope", "cellar_pf_glu", "cellar_pf_mask",
+                 "cellar_pf_round", "cellar_pf_cell_range"):
         getattr(lib, name).restype = None
 
 

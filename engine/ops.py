@@ -252,7 +252,7 @@ def _attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask: torch.Tenso
     return o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3).reshape(n, heads * dv)
 
 
-# ---- attention with the native masked softmax (native/src/softmax.c) ------------------------------
+# ---- attention with the native mask and rounding (native/src/softmax.c) ------------------------------
 ROUNDS = {None: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -283,9 +283,10 @@ class _Cells:
 
 def _attend_cells(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cells, scale: float,
                   cache_dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
-    """attend() over a CellMask: blocks of query rows as there, each block's scale, mask, softmax and
-    rounding of the probabilities in one native pass over its scores (no f32 mask is made; the mask comes
-    from the cells' positions and sequences), the query rounded to the cache's type once for all blocks."""
+    """attend() over a CellMask: blocks of query rows as there, each block's scale and mask in one native
+    pass over its scores (no f32 mask is made: it comes from the cells' positions and sequences), torch's
+    softmax in place, the probabilities rounded to the cache's type natively, the query rounded once for
+    all blocks: the same bits as _attend with the block's f32 mask."""
     n, n_kv = q.shape[0], K.shape[0]
     if cache_dtype is not None:
         q = q.to(cache_dtype).float()
@@ -337,8 +338,11 @@ def _attend_block(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
     qg = qg.view(heads_kv, g * n, d)
     s = torch.bmm(qg, K.permute(1, 2, 0), out=sb[:heads * n * n_kv].view(heads_kv, g * n, n_kv))
     qp, qbits = cells.q_at(r0)                                    # row j of s: query j % n
-    kernels._lib.cellar_pf_softmax(heads_kv * g * n, n, n_kv, s.data_ptr(), s.stride(1), scale, qp, qbits, cells.bits,
-                                   cells.cpos.ctypes.data + 8 * c0, cells.cseq.ctypes.data + 8 * c0, cells.window,
-                                   rnd)
+    lib, rows = kernels._lib, heads_kv * g * n
+    lib.cellar_pf_mask(rows, n, n_kv, s.data_ptr(), s.stride(1), scale, qp, qbits, cells.bits,
+                       cells.cpos.ctypes.data + 8 * c0, cells.cseq.ctypes.data + 8 * c0, cells.window)
+    torch.softmax(s, -1, out=s)
+    if rnd:
+        lib.cellar_pf_round(rows, n_kv, s.data_ptr(), s.stride(1), rnd)
     o = torch.bmm(s, V.transpose(0, 1), out=ob[:heads * n * dv].view(heads_kv, g * n, dv))
     out.view(n, heads_kv, g, dv).copy_(o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3))

@@ -11,8 +11,9 @@ int cellar_isa(void);
     void pf_rope_##sfx(int64_t, int, int, int, int, const void *, int64_t, int, const float *, float, float, \
                        const float *, const float *, int64_t, float *, int64_t); \
     void pf_glu_##sfx(int, int64_t, int, const void *, int64_t, int, const void *, int64_t, int, void *, int64_t, int); \
-    void pf_softmax_##sfx(int64_t, int64_t, int64_t, float *, int64_t, float, const int64_t *, const int64_t *, int64_t, \
-                          const int64_t *, const int64_t *, int64_t, int); \
+    void pf_mask_##sfx(int64_t, int64_t, int64_t, float *, int64_t, float, const int64_t *, const int64_t *, int64_t, \
+                       const int64_t *, const int64_t *, int64_t); \
+    void pf_round_##sfx(int64_t, int64_t, float *, int64_t, int); \
     void pf_cell_range_##sfx(int64_t, const int64_t *, const int64_t *, int64_t, int64_t, const int64_t *, \
                              const int64_t *, int64_t, int64_t *, int64_t *);
 DECLARE_PREFILL(scalar)
@@ -63,12 +64,16 @@ void cellar_pf_glu(int op, int64_t rows, int cols, const void *g, int64_t gs, in
     PICK(pf_glu, op, rows, cols, g, gs, kind_g, u, us, kind_u, out, os, kind_out)
 }
 
-/* attention scores s [n_rows, n] of cells cpos/cseq in place -> probabilities: softmax(s * scale + mask),
- * rounded to f16 (rnd 1) or bf16 (rnd 2) or not (0); row j is query row j % nq (softmax.c) */
-void cellar_pf_softmax(int64_t n_rows, int64_t nq, int64_t n, float *s, int64_t ss, float scale, const int64_t *qpos,
-                       const int64_t *qbits, int64_t bits, const int64_t *cpos, const int64_t *cseq, int64_t window,
-                       int rnd) {
-    PICK(pf_softmax, n_rows, nq, n, s, ss, scale, qpos, qbits, bits, cpos, cseq, window, rnd)
+/* attention scores s [n_rows, n] of cells cpos/cseq in place: s * scale + mask (0 or -inf); row j is query
+ * row j % nq (softmax.c) */
+void cellar_pf_mask(int64_t n_rows, int64_t nq, int64_t n, float *s, int64_t ss, float scale, const int64_t *qpos,
+                    const int64_t *qbits, int64_t bits, const int64_t *cpos, const int64_t *cseq, int64_t window) {
+    PICK(pf_mask, n_rows, nq, n, s, ss, scale, qpos, qbits, bits, cpos, cseq, window)
+}
+
+/* probabilities rounded in place to f16 (rnd 1) or bf16 (rnd 2) */
+void cellar_pf_round(int64_t n_rows, int64_t n, float *s, int64_t ss, int rnd) {
+    PICK(pf_round, n_rows, n, s, ss, rnd)
 }
 
 /* the cells [c0, c1) of n_cells that any of the nq query rows may see */

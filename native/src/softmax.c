@@ -1,15 +1,15 @@
-/* The prefill attention's masked softmax over a block of scores, in place, as llama.cpp's soft_max op
- * computes it (no flash attention): s * scale, the mask added (0 or -inf), the row's max subtracted,
- * e^x by ggml_v_expf in groups of 8 cells summed in f32 then into a double, each value times
- * (float)(1.0 / sum); then rounded to an f16 / bf16 cache's type (llama.cpp converts the probabilities
- * to it for their product with V). The mask is made here from the cells' positions and sequence bits
- * (kv_cache.CellMask's rule), so no f32 mask tensor exists. Compiled once per ISA (common.h). */
+/* The prefill attention's mask and rounding around torch's softmax of a block of scores, in place: the
+ * scores scaled and the mask added (0 or -inf) in one pass, the mask made here from the cells' positions
+ * and sequence bits (kv_cache.CellMask's rule), so no f32 mask tensor exists; after the softmax, the
+ * probabilities rounded to an f16 / bf16 cache's type (llama.cpp converts them to it for their product
+ * with V). The same bits as torch's mul_, add_ and .to(f16).float(). Compiled once per ISA (common.h).
+ * (ggml's own softmax, e^x by ggml_v_expf and the sum in double, was tried here: at the same speed it
+ * moved greedy runs, Gemma-3's 'code' past a 0.71 llama.cpp gap; torch's softmax keeps the bits.) */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include "common.h"
 #include "decode.h"
-#include "ggml_exp.h"
 
 enum { RND_NONE = 0, RND_F16 = 1, RND_BF16 = 2 };
 
@@ -26,7 +26,7 @@ static inline float round_to(int kind, float p) {
 static _Thread_local int32_t *tls_cp;
 static _Thread_local int64_t tls_cp_n;
 
-/* row r (n cells) -> r * scale + mask, in place; returns the max */
+/* row r (n cells) -> r * scale + mask, in place (as torch's s.mul_(scale).add_(mask)); returns the max */
 static float mask_row(float *r, int64_t n, float scale, int64_t qp, int64_t qb, const int64_t *cpos,
                       const int64_t *cseq, int64_t window, const int32_t *cp32) {
     float mx = -INFINITY;
@@ -59,12 +59,11 @@ static float mask_row(float *r, int64_t n, float scale, int64_t qp, int64_t qb, 
     return mx;
 }
 
-/* rows [0, n_rows) of s (ss floats apart), n cells each: cells c0 + i of the cache; query row of s row j
- * is j % nq (a block's query rows repeated per head), at position qpos[j % nq] with sequence bits
- * qbits[j % nq] (or bits for all when qbits is NULL) */
-void FN(pf_softmax)(int64_t n_rows, int64_t nq, int64_t n, float *s, int64_t ss, float scale, const int64_t *qpos,
-                    const int64_t *qbits, int64_t bits, const int64_t *cpos, const int64_t *cseq, int64_t window,
-                    int rnd) {
+/* rows [0, n_rows) of s (ss floats apart), n cells each (cells c0 + i of the cache): s * scale + the mask
+ * (0 or -inf), in place. The query of s row j is row j % nq (a block's query rows repeated per head), at
+ * position qpos[j % nq] with sequence bits qbits[j % nq] (or bits for all when qbits is NULL). */
+void FN(pf_mask)(int64_t n_rows, int64_t nq, int64_t n, float *s, int64_t ss, float scale, const int64_t *qpos,
+                 const int64_t *qbits, int64_t bits, const int64_t *cpos, const int64_t *cseq, int64_t window) {
     const int32_t *cp32 = NULL;
 #ifdef CK_SIMD
     if (!qbits && n < INT32_MAX && window < INT32_MAX) {
@@ -75,9 +74,10 @@ void FN(pf_softmax)(int64_t n_rows, int64_t nq, int64_t n, float *s, int64_t ss,
         }
         if (tls_cp) {
             int ok = 1;
-            for (int64_t i = 0; i < n; i++) {
-                if (cpos[i] < 0 || cpos[i] >= INT32_MAX) { ok = (cseq[i] & bits) == 0; if (!ok) break; }
-                tls_cp[i] = (cseq[i] & bits) && cpos[i] >= 0 ? (int32_t)cpos[i] : INT32_MAX;
+            for (int64_t i = 0; i < n && ok; i++) {
+                const int seen = (cseq[i] & bits) != 0;
+                ok = !seen || (cpos[i] >= 0 && cpos[i] < INT32_MAX);
+                tls_cp[i] = seen ? (int32_t)cpos[i] : INT32_MAX;
             }
             for (int64_t q = 0; q < nq && ok; q++) ok = qpos[q] >= 0 && qpos[q] < INT32_MAX - 1;
             if (ok) cp32 = tls_cp;
@@ -85,39 +85,23 @@ void FN(pf_softmax)(int64_t n_rows, int64_t nq, int64_t n, float *s, int64_t ss,
     }
 #endif
     for (int64_t j = 0; j < n_rows; j++) {
+        const int64_t q = j % nq;
+        mask_row(s + j * ss, n, scale, qpos[q], qbits ? qbits[q] : bits, cpos, cseq, window, cp32);
+    }
+}
+
+/* n_rows rows of n probabilities (ss floats apart) rounded in place to f16 (rnd 1) or bf16 (rnd 2), as
+ * llama.cpp converts them for their product with an f16 / bf16 V */
+void FN(pf_round)(int64_t n_rows, int64_t n, float *s, int64_t ss, int rnd) {
+    for (int64_t j = 0; j < n_rows; j++) {
         float *r = s + j * ss;
-        const int64_t q = j % nq, qp = qpos[q], qb = qbits ? qbits[q] : bits;
-        const float mx = mask_row(r, n, scale, qp, qb, cpos, cseq, window, cp32);
-        if (mx == -INFINITY) {            /* nothing visible: llama.cpp's NaN row; zeros here */
-            memset(r, 0, sizeof(float) * n);
-            continue;
-        }
-        double sum = 0.0;
         int64_t i = 0;
-#ifdef CK_SIMD
-        for (; i + 8 <= n; i += 8) {
-            const __m256 e = ggml_expf8(_mm256_sub_ps(_mm256_loadu_ps(r + i), _mm256_set1_ps(mx)));
-            _mm256_storeu_ps(r + i, e);
-            __m128 t = _mm_add_ps(_mm256_extractf128_ps(e, 1), _mm256_castps256_ps128(e));
-            t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-            t = _mm_add_ss(t, _mm_movehdup_ps(t));
-            sum += (double)_mm_cvtss_f32(t);
-        }
-#endif
-        for (; i < n; i++) {
-            const float e = ggml_expf1(r[i] - mx);
-            r[i] = e;
-            sum += (double)e;
-        }
-        const float inv = (float)(1.0 / sum);
-        i = 0;
 #ifdef CK_SIMD
         if (rnd == RND_F16)
             for (; i + 8 <= n; i += 8)
-                _mm256_storeu_ps(r + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(r + i),
-                                                                                      _mm256_set1_ps(inv)), 0)));
+                _mm256_storeu_ps(r + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(r + i), 0)));
 #endif
-        for (; i < n; i++) r[i] = round_to(rnd, r[i] * inv);
+        for (; i < n; i++) r[i] = round_to(rnd, r[i]);
     }
 }
 
