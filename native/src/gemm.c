@@ -83,31 +83,7 @@ static inline void finish(const __m256 a[GR], __m256 e, float *out, int64_t out_
                   const uint8_t *act, int64_t gbytes, int g0, int g1, int n, float *out, int64_t out_stride
 
 /* 32-value types: q is the block's 32 weights as bytes (unsigned, or signed when SIGNED), the
- * offset term m * s is accumulated when HAS_M (Q4_1, Q5_1) as the GEMV's extra. On AVX-512 the GEMV
- * (q32.c) runs the even and the odd blocks in two chains, each with its own offset term, added at the
- * end: NCH = 2 keeps that order here. */
-#if CK_ISA >= ISA_AVX512
-#define NCH 2
-#else
-#define NCH 1
-#endif
-
-/* (QEXPR names the block b: the block number is bound to b in a scope of its own) */
-#define LEGACY_BLOCK(B_, c, QEXPR, SIGNED, HAS_M, MFIELD) { const int b_at = (B_); { const int b = b_at; \
-    const __m256i q = QEXPR; \
-    float sc[GR] __attribute__((aligned(32))); \
-    _mm256_store_ps(sc, _mm256_mul_ps(_mm256_set1_ps(F16(x[b].d)), _mm256_loadu_ps(y[b].d))); \
-    SPILL(); \
-    if (HAS_M) e[c] = _mm256_fmadd_ps(_mm256_set1_ps(F16(x[b].MFIELD)), _mm256_loadu_ps(y[b].s), e[c]); \
-    const __m256i aq = SIGNED ? _mm256_sign_epi8(q, q) : q; \
-    _Pragma("GCC unroll 8") \
-    for (int s = 0; s < GR; s++) { \
-        const __m256i yv = ld(y[b].qs[s]); \
-        const __m256i p = dot_u8i8(aq, SIGNED ? _mm256_sign_epi8(yv, q) : yv); \
-        acc[c][s] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[s]), _mm256_cvtepi32_ps(p), acc[c][s]); \
-    } \
-} }
-
+ * offset term m * s is accumulated when HAS_M (Q4_1, Q5_1) as the GEMV's extra */
 #define LEGACY_TILE(NAME, T, QEXPR, SIGNED, HAS_M, MFIELD) \
 static void FN(NAME)(TILE_ARGS) { \
     const int nb = cols / QK; \
@@ -116,23 +92,23 @@ static void FN(NAME)(TILE_ARGS) { \
         const int ns = n - g * GR < GR ? n - g * GR : GR; \
         for (int64_t r = r0; r < r1; r++) { \
             const T *x = (const T *)(w + r * row_bytes); \
-            __m256 acc[NCH][GR], e[NCH]; \
-            for (int c = 0; c < NCH; c++) { \
-                e[c] = _mm256_setzero_ps(); \
-                for (int s = 0; s < GR; s++) acc[c][s] = _mm256_setzero_ps(); \
-            } \
-            int b = 0; \
-            if (NCH == 2) \
-                for (; b + 1 < nb; b += 2) { \
-                    LEGACY_BLOCK(b, 0, QEXPR, SIGNED, HAS_M, MFIELD) \
-                    LEGACY_BLOCK(b + 1, NCH - 1, QEXPR, SIGNED, HAS_M, MFIELD) \
+            __m256 acc[GR], e = _mm256_setzero_ps(); \
+            for (int s = 0; s < GR; s++) acc[s] = _mm256_setzero_ps(); \
+            for (int b = 0; b < nb; b++) { \
+                const __m256i q = QEXPR; \
+                float sc[GR] __attribute__((aligned(32))); \
+                _mm256_store_ps(sc, _mm256_mul_ps(_mm256_set1_ps(F16(x[b].d)), _mm256_loadu_ps(y[b].d))); \
+                SPILL(); \
+                if (HAS_M) e = _mm256_fmadd_ps(_mm256_set1_ps(F16(x[b].MFIELD)), _mm256_loadu_ps(y[b].s), e); \
+                const __m256i aq = SIGNED ? _mm256_sign_epi8(q, q) : q; \
+                _Pragma("GCC unroll 8") \
+                for (int s = 0; s < GR; s++) { \
+                    const __m256i yv = ld(y[b].qs[s]); \
+                    const __m256i p = dot_u8i8(aq, SIGNED ? _mm256_sign_epi8(yv, q) : yv); \
+                    acc[s] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[s]), _mm256_cvtepi32_ps(p), acc[s]); \
                 } \
-            for (; b < nb; b++) LEGACY_BLOCK(b, 0, QEXPR, SIGNED, HAS_M, MFIELD) \
-            if (NCH == 2) { \
-                for (int s = 0; s < GR; s++) acc[0][s] = _mm256_add_ps(acc[0][s], acc[NCH - 1][s]); \
-                e[0] = _mm256_add_ps(e[0], e[NCH - 1]); \
             } \
-            finish(acc[0], e[0], out + (int64_t)g * GR * out_stride + r, out_stride, ns); \
+            finish(acc, e, out + (int64_t)g * GR * out_stride + r, out_stride, ns); \
         } \
     } \
 }

@@ -50,26 +50,12 @@ void FN(quant_q8)(int cols, const float *x, void *out) {
 
 #if defined(CK_SIMD) && CK_ISA >= ISA_AVX512
 
-/* AVX-512: blocks taken two at a time (their f16 scales in one conversion and one multiply; for
- * Q5_0 / Q5_1 their int8 products in one 512-bit vpdpbusd too). The integer block sums are those of
- * the AVX2 path; the float order differs: block b's scaled sum goes into an 8-lane fused multiply-add
- * chain E for even b and O for odd b, so two chains run at once instead of one (the AVX2 path, as
- * llama.cpp's, is bound by that one chain's latency on small rows in cache). Result: hsum_ps(E + O), plus for Q4_1 / Q5_1 the terms m * s of the even blocks in one
- * fused multiply-add chain plus those of the odd blocks in another. gemm.c's AVX-512 tiles keep
- * this order, so the prefill GEMM stays bitwise the GEMV. */
-
-#ifndef PF_BYTES
-#define PF_BYTES 0
-#endif
-
-/* the weight bytes PF_BYTES past this row's, toward the next rows (a matrix is read row after row;
- * the page cache's 4 KiB pages stop the hardware prefetcher at every page) */
-static inline void prefetch_ahead(const void *w, int bytes) {
-    if (PF_BYTES > 0) {
-        const char *p = (const char *)w + PF_BYTES;
-        for (int o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-    }
-}
+/* AVX-512: the AVX2 path's arithmetic, bit for bit (so llama.cpp's too: tests/native/
+ * test_llamacpp_gemv.py): the same integer block sums and one fused multiply-add chain over the blocks
+ * in order. What changes is the work around it: two blocks' f16 scales converted and multiplied at
+ * once, and the weights of the next rows prefetched (simd.h). Two chains (even and odd blocks) would
+ * run Q4_1 / Q5_0 rows in cache ~20% faster, but part from llama.cpp's floats: measured, the greedy gap
+ * noise against its AVX2 build grew (median 0.101 -> 0.117 SmolLM2, 0.112 -> 0.126 Gemma-3). */
 
 /* wd = [dw0, mw0, dw1, mw1] of blocks w0, w1 (their first 4 bytes: d, then m or the next field,
  * unused) and yd = [dy0, sy0, dy1, sy1] of activations y0, y1 */
@@ -79,102 +65,53 @@ static inline void scales_x2(const void *w0, const void *w1, const act_q8 *y0, c
     *yd = _mm_castpd_ps(_mm_loadh_pd(_mm_load_sd((const double *)y0), (const double *)y1));
 }
 
-/* bits of two blocks' qh as a byte mask: bit i <-> byte i of nibbles_x2 */
-static inline __mmask64 bits_x2(const uint8_t *h0, const uint8_t *h1) {
-    uint32_t a, b; memcpy(&a, h0, 4); memcpy(&b, h1, 4);
-    return _cvtu64_mask64(((uint64_t)b << 32) | a);
-}
-
 static inline __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
-static inline __m512i q5_0_pair(const uint8_t *q0, const uint8_t *q1, __mmask64 bits, __m512i y) {
-    const __m512i nib = nibbles_x2(q0, q1);
-    const __mmask64 neg = _knot_mask64(bits);
-    return dot_u8i8_x2(_mm512_mask_sub_epi8(nib, neg, _mm512_set1_epi8(16), nib),
-                       _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y));
-}
-
-static inline __m512i q5_1_pair(const uint8_t *q0, const uint8_t *q1, __mmask64 bits, __m512i y) {
-    const __m512i nib = nibbles_x2(q0, q1);
-    return dot_u8i8_x2(_mm512_mask_add_epi8(nib, bits, nib, _mm512_set1_epi8(0x10)), y);
-}
-
-/* lane 1 + lane 3 */
-static inline float ex_sum(__m128 ex) {
-    const __m128 t = _mm_movehdup_ps(ex);
-    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehl_ps(t, t)));
-}
-
-/* PAIR: the 16 int32 lane sums of blocks b, b+1; ONE: the 8 of block b alone (an odd count's last) */
-#define DOT_X2(NAME, T, HAS_M, MFIELD, PAIR, ONE) \
+/* PAIR(p0, p1) sets the 8 int32 lane sums of blocks b and b + 1; ONE those of block b alone (an odd
+ * count's last). Per block, in order: acc = fma(dw * dy, float(sums), acc) and, with a min,
+ * extra = fma(mw, sy, extra); the result is hsum_ps(acc) + extra, as on AVX2. */
+#define DOT_PAIRS(NAME, T, HAS_M, MFIELD, PAIR, ONE) \
 static float FN(NAME)(int cols, const void *vw, const void *vy) { \
     const T *w = (const T *)vw; const act_q8 *y = (const act_q8 *)vy; const int nb = cols / QK; \
     prefetch_ahead(w, nb * (int)sizeof(T)); \
-    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2); \
-    __m512 acc = _mm512_setzero_ps(); __m128 ex = _mm_setzero_ps(); \
+    __m256 acc = _mm256_setzero_ps(); __m128 ex = _mm_setzero_ps(); \
     int b = 0; \
     for (; b + 1 < nb; b += 2) { \
-        const __m512i p = PAIR; \
-        __m128 wd, yd; scales_x2(&w[b], &w[b + 1], &y[b], &y[b + 1], &wd, &yd); \
-        const __m512 sc = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(wd, yd))); \
-        acc = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), acc); \
-        if (HAS_M) ex = _mm_mask3_fmadd_ps(wd, yd, ex, 0xA); \
-    } \
-    __m256 e = _mm512_castps512_ps256(acc); \
-    const __m256 o = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)); \
-    if (b < nb) { \
-        const __m256i p = ONE; \
-        e = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), e); \
-        if (HAS_M) ex = _mm_mask3_fmadd_ps(_mm_set1_ps(F16(w[b].MFIELD)), _mm_set1_ps(y[b].s), ex, 0x2); \
-    } \
-    float r = hsum_ps(_mm256_add_ps(e, o)); \
-    if (HAS_M) r += ex_sum(ex); \
-    return r; \
-}
-
-/* The same order with 256-bit integer work: ONE of block b and of block b + 1, each into its chain */
-#define DOT_Y2(NAME, T, HAS_M, MFIELD, ONE) \
-static float FN(NAME)(int cols, const void *vw, const void *vy) { \
-    const T *w = (const T *)vw; const act_q8 *y = (const act_q8 *)vy; const int nb = cols / QK; \
-    prefetch_ahead(w, nb * (int)sizeof(T)); \
-    __m256 e = _mm256_setzero_ps(), o = _mm256_setzero_ps(); __m128 ex = _mm_setzero_ps(); \
-    int b = 0; \
-    for (; b + 1 < nb; b += 2) { \
-        const __m256i p0 = ONE; __m256i p1; \
-        { const int b_at = b + 1; { const int b = b_at; p1 = ONE; } } \
+        __m256i p0, p1; PAIR; \
         __m128 wd, yd; scales_x2(&w[b], &w[b + 1], &y[b], &y[b + 1], &wd, &yd); \
         const __m128 sc = _mm_mul_ps(wd, yd); \
-        e = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p0), e); \
-        o = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehl_ps(sc, sc)), _mm256_cvtepi32_ps(p1), o); \
-        if (HAS_M) ex = _mm_mask3_fmadd_ps(wd, yd, ex, 0xA); \
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p0), acc); \
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehl_ps(sc, sc)), _mm256_cvtepi32_ps(p1), acc); \
+        if (HAS_M) { \
+            const __m128 m = _mm_movehdup_ps(wd), s = _mm_movehdup_ps(yd); \
+            ex = _mm_fmadd_ss(m, s, ex); \
+            ex = _mm_fmadd_ss(_mm_movehl_ps(m, m), _mm_movehl_ps(s, s), ex); \
+        } \
     } \
     if (b < nb) { \
         const __m256i p = ONE; \
-        e = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), e); \
-        if (HAS_M) ex = _mm_mask3_fmadd_ps(_mm_set1_ps(F16(w[b].MFIELD)), _mm_set1_ps(y[b].s), ex, 0x2); \
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(F16(w[b].d) * y[b].d), _mm256_cvtepi32_ps(p), acc); \
+        if (HAS_M) ex = _mm_fmadd_ss(_mm_set_ss(F16(w[b].MFIELD)), _mm_set_ss(y[b].s), ex); \
     } \
-    float r = hsum_ps(_mm256_add_ps(e, o)); \
-    if (HAS_M) r += ex_sum(ex); \
-    return r; \
+    return hsum_ps(acc) + _mm_cvtss_f32(ex); \
 }
 
-/* Which width pays (this Xeon, one core, weights in cache): Q5_0 / Q5_1 on 512 bits (their high bits
- * as one 64-bit mask); Q4_0, Q4_1 and Q8_0 on 256 bits, where the conversions and shuffles that join
- * two blocks cost more than the second vpdpbusd saves. (The types without a min name their d as
- * MFIELD; it is never read.) */
-DOT_Y2(dot_q4_0, blk_q4_0, 0, d, dot_i8i8(_mm256_sub_epi8(bytes_from_nibbles(w[b].qs), _mm256_set1_epi8(8)), ld32(y[b].qs)))
-DOT_Y2(dot_q4_1, blk_q4_1, 1, m, dot_u8i8(bytes_from_nibbles(w[b].qs), ld32(y[b].qs)))
-DOT_Y2(dot_q8_0, blk_q8_0, 0, d, dot_i8i8(ld32(w[b].qs), ld32(y[b].qs)))
-/* Q5_0: value = nibble + 16 * bit - 16, negative exactly where the bit is clear: |value| = 16 - nibble
- * there, and y's sign flips there */
-DOT_X2(dot_q5_0, blk_q5_0, 0, d,
-       q5_0_pair(w[b].qs, w[b + 1].qs, bits_x2(w[b].qh, w[b + 1].qh), load_x2(y[b].qs, y[b + 1].qs)),
-       dot_i8i8(_mm256_or_si256(bytes_from_nibbles(w[b].qs),
-                                _mm256_andnot_si256(bytes_from_bits(w[b].qh), _mm256_set1_epi8((char)0xF0))), ld32(y[b].qs)))
-DOT_X2(dot_q5_1, blk_q5_1, 1, m,
-       q5_1_pair(w[b].qs, w[b + 1].qs, bits_x2(w[b].qh, w[b + 1].qh), load_x2(y[b].qs, y[b + 1].qs)),
-       dot_u8i8(_mm256_or_si256(bytes_from_nibbles(w[b].qs),
-                                _mm256_and_si256(bytes_from_bits(w[b].qh), _mm256_set1_epi8(0x10))), ld32(y[b].qs)))
+#define Q4_0_ONE(b) dot_i8i8(_mm256_sub_epi8(bytes_from_nibbles(w[b].qs), _mm256_set1_epi8(8)), ld32(y[b].qs))
+#define Q4_1_ONE(b) dot_u8i8(bytes_from_nibbles(w[b].qs), ld32(y[b].qs))
+#define Q8_0_ONE(b) dot_i8i8(ld32(w[b].qs), ld32(y[b].qs))
+#define Q5_0_ONE(b) dot_i8i8(_mm256_or_si256(bytes_from_nibbles(w[b].qs), \
+                             _mm256_andnot_si256(bytes_from_bits(w[b].qh), _mm256_set1_epi8((char)0xF0))), ld32(y[b].qs))
+#define Q5_1_ONE(b) dot_u8i8(_mm256_or_si256(bytes_from_nibbles(w[b].qs), \
+                             _mm256_and_si256(bytes_from_bits(w[b].qh), _mm256_set1_epi8(0x10))), ld32(y[b].qs))
+/* The integer sums stay on 256 bits: one chain's latency bounds these kernels on rows in cache, and
+ * joining two blocks in a 512-bit register (tried: Q5_0 with its high bits as one 64-bit mask) costs
+ * more shuffles than the second vpdpbusd saves. (The types without a min name their d as MFIELD; it
+ * is never read.) */
+DOT_PAIRS(dot_q4_0, blk_q4_0, 0, d, { p0 = Q4_0_ONE(b); p1 = Q4_0_ONE(b + 1); }, Q4_0_ONE(b))
+DOT_PAIRS(dot_q4_1, blk_q4_1, 1, m, { p0 = Q4_1_ONE(b); p1 = Q4_1_ONE(b + 1); }, Q4_1_ONE(b))
+DOT_PAIRS(dot_q8_0, blk_q8_0, 0, d, { p0 = Q8_0_ONE(b); p1 = Q8_0_ONE(b + 1); }, Q8_0_ONE(b))
+DOT_PAIRS(dot_q5_0, blk_q5_0, 0, d, { p0 = Q5_0_ONE(b); p1 = Q5_0_ONE(b + 1); }, Q5_0_ONE(b))
+DOT_PAIRS(dot_q5_1, blk_q5_1, 1, m, { p0 = Q5_1_ONE(b); p1 = Q5_1_ONE(b + 1); }, Q5_1_ONE(b))
 
 #elif defined(CK_SIMD)
 

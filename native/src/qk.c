@@ -44,6 +44,7 @@ static inline __m256i bit_to(__m256i v, int bit, int val) {
 
 static float FN(dot_q2_k)(int cols, const void *vw, const void *vy) {
     const blk_q2_k *w = vw; const act_q8k *y = vy;
+    prefetch_ahead(w, cols / QK_K * (int)sizeof(blk_q2_k));
     __m256 acc = _mm256_setzero_ps(); float extra = 0.f;
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int b = 0; b < cols / QK_K; b++) {
@@ -68,6 +69,7 @@ static float FN(dot_q2_k)(int cols, const void *vw, const void *vy) {
 
 static float FN(dot_q3_k)(int cols, const void *vw, const void *vy) {
     const blk_q3_k *w = vw; const act_q8k *y = vy;
+    prefetch_ahead(w, cols / QK_K * (int)sizeof(blk_q3_k));
     __m256 acc = _mm256_setzero_ps();
     const __m256i m3 = _mm256_set1_epi8(3);
     for (int b = 0; b < cols / QK_K; b++) {
@@ -94,6 +96,7 @@ static float FN(dot_q3_k)(int cols, const void *vw, const void *vy) {
 #if CK_ISA < ISA_AVX512
 static float FN(dot_q4_k)(int cols, const void *vw, const void *vy) {
     const blk_q4_k *w = vw; const act_q8k *y = vy;
+    prefetch_ahead(w, cols / QK_K * (int)sizeof(blk_q4_k));
     __m256 acc = _mm256_setzero_ps(); float extra = 0.f;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int b = 0; b < cols / QK_K; b++) {
@@ -118,6 +121,7 @@ static float FN(dot_q4_k)(int cols, const void *vw, const void *vy) {
 
 static float FN(dot_q5_k)(int cols, const void *vw, const void *vy) {
     const blk_q5_k *w = vw; const act_q8k *y = vy;
+    prefetch_ahead(w, cols / QK_K * (int)sizeof(blk_q5_k));
     __m256 acc = _mm256_setzero_ps(); float extra = 0.f;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int b = 0; b < cols / QK_K; b++) {
@@ -142,6 +146,7 @@ static float FN(dot_q5_k)(int cols, const void *vw, const void *vy) {
 #if CK_ISA < ISA_AVX512
 static float FN(dot_q6_k)(int cols, const void *vw, const void *vy) {
     const blk_q6_k *w = vw; const act_q8k *y = vy;
+    prefetch_ahead(w, cols / QK_K * (int)sizeof(blk_q6_k));
     __m256 acc = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0xF), m30 = _mm256_set1_epi8(0x30);
     for (int b = 0; b < cols / QK_K; b++) {
@@ -174,16 +179,6 @@ static float FN(dot_q6_k)(int cols, const void *vw, const void *vy) {
  * 16-bit words: the pair sums stay below 2^15 for 4- and 6-bit weights). The 16 lane sums folded to 8
  * are the AVX2 path's integers, and the float arithmetic is the AVX2 path's, so the results are
  * bitwise those of the 256-bit kernels (and of gemm.c's tiles). */
-
-#ifndef PF_BYTES
-#define PF_BYTES 0
-#endif
-static inline void prefetch_ahead(const void *w, int bytes) {
-    if (PF_BYTES > 0) {
-        const char *p = (const char *)w + PF_BYTES;
-        for (int o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-    }
-}
 
 /* word index vector: words 0-15 take word a, 16-31 word b (vpermw) */
 #define IDX2(a, b) _mm512_set_epi16(b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, \
