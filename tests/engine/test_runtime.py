@@ -217,12 +217,11 @@ def test_cli_run_bad_kv_type_is_one_line(smollm2_path):
 
 
 # ---- memory: the first ubatch's peak holds through a full context ----------------------------------------
-# issue #5 asks for < 3%. Since the mask is made per attention task and K/V are read into f32 buffers made at
-# load, nothing allocated grows with the cells; what is left is the allocator keeping freed blocks as the
-# ubatches go: five runs by hand (SmolLM2 ctx 2048, a loaded 2-core AVX2 machine) measured +1.4% to +3.2%
-# (+2.8% to +5.3% before, when the mask and K/V f32 grew with the cells); the test takes the allocator's
-# kept blocks out (below)
-MAX_GROWTH = 0.05
+# issue #5 asks for < 3%. The batched layer writes into buffers made at load (engine/prefill.py
+# UbatchBuffers) and attention into per-thread buffers made at their largest by the warmup, so a prefill
+# allocates almost nothing per ubatch and glibc's allocator has no freed blocks to keep: five runs (SmolLM2
+# ctx 2048, default malloc, a loaded 2-core Xeon) measured +1.05..1.22% (+3.2..6.8% before the buffers)
+MAX_GROWTH = 0.03
 RSS_PROBE = """
 import json, sys
 from engine.runtime import LoadOptions, Model
@@ -251,16 +250,12 @@ def test_peak_rss_after_a_full_context_stays_near_the_first_ubatch_peak(smollm2_
     cells: the peak may grow by less than MAX_GROWTH over the first ubatch's.
 
     Measured (SmolLM2, ctx 2048): +10% when attention ran 128 query rows per task whatever the cells;
-    +3-5% with fewer rows as the cells grow (the f32 mask and K/V read as f32 still grew); +1.4-3.2% since
-    both are bounded (the mask made per task, K/V into buffers made at load): the allocator's kept blocks."""
+    +3-5% with fewer rows as the cells grow (the f32 mask and K/V read as f32 still grew); +3.2-6.8% with
+    the allocator keeping the per-ubatch temporaries' freed blocks; +1.05-1.22% with the buffers made at
+    load (glibc's default settings: the environment is the user's)."""
     ctx = 2048
-    # glibc's malloc with a fixed mmap threshold: every block of 1 MiB or more goes back to the system
-    # when freed, so the peak shows what the engine holds and not the blocks the allocator keeps (with
-    # glibc's default sliding threshold, on a 2-core Xeon with AMX: +5.7..7.2% in five runs; with this
-    # setting +1.2..1.9%, three runs; it costs Gemma-3's prefill ~20%, so the engine does not set it)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
     r = subprocess.run([sys.executable, "-c", RSS_PROBE, str(smollm2_path), str(ctx)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900, env=env)
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["cached"] == ctx - 5                     # 2036 prompt tokens + 7 evaluated replies
