@@ -32,6 +32,7 @@ class Tokenizer:
         """llama_tokenize(text, add_special, parse_special): BOS/EOS as the metadata asks when
         add_special; special-token text becomes its id when parse_special (user-defined tokens always)."""
         v = self.vocab
+        text = _valid_text(text)
         out: list[int] = []
         if add_special and v.add_bos and v.bos_id is not None:
             out.append(v.bos_id)
@@ -145,3 +146,19 @@ def _clean_spaces(data: bytes) -> bytes:
         t[total] = x
         total += 1
     return bytes(t[:total])
+
+
+def _valid_text(text: str) -> str:
+    """text as the UTF-8 it stands for: lone surrogates (bytes that were not UTF-8, kept by Python's
+    surrogateescape in argv and file names, or a JSON string's unpaired \\ud800) become U+FFFD, one per
+    invalid byte, as llama.cpp's UTF-8 decoder does; valid text is returned as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")

@@ -145,6 +145,16 @@ def test_out_of_range_token_is_a_typed_error(toks):
         toks["smollm2"].token_to_piece(10**6)
 
 
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_text_that_was_not_utf8_encodes_as_replacement_characters(toks, name):
+    """Bytes that are not UTF-8 reach encode as lone surrogates (argv, file names: surrogateescape; a
+    JSON string's unpaired escape): one U+FFFD per invalid byte, as llama.cpp's UTF-8 decoder gives."""
+    t = toks[name]
+    assert t.encode("a\udcffb") == t.encode("a\ufffdb")
+    assert t.encode("a\ud800b") == t.encode("a\ufffd\ufffd\ufffdb")       # surrogatepass: 3 invalid bytes
+    assert t.encode("plain text") == t.encode("plain text".encode().decode("utf-8", "surrogateescape"))
+
+
 # -- small in-memory vocabularies: paths the two real models do not take ---------------------------
 def _spm_meta(**extra) -> dict:
     toks = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁", "a", "b", "▁a", "ab", "▁ab"]
