@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 KINDS = [  # (kind, predicate on (file, function name))
-    ("native decode layer", lambda f, n: f.endswith("decode_native.py") and n == "layer"),
+    ("native decode layers", lambda f, n: f.endswith("decode_native.py") and n in ("layer", "all_layers")),
     ("native GEMV", lambda f, n: f.endswith("kernels.py") and n in ("gemv", "gemv_many")),
     ("native GEMM (prefill)", lambda f, n: f.endswith("kernels.py") and n in ("gemm", "gemm_many")),
     ("native dequantize", lambda f, n: f.endswith("kernels.py") and n == "dequantize_into"),
