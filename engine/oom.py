@@ -16,6 +16,9 @@ from engine.errors import OutOfMemory
 
 _PHRASES = ("can't allocate memory", "cannot allocate memory", "not enough memory", "out of memory",
             "failed to map segment", "std::bad_alloc", "defaultcpuallocator")
+# oneDNN's words when it cannot allocate a kernel's workspace: out of memory only under an address-space
+# cap (where it was measured), not in general
+_PHRASES_UNDER_CAP = ("could not create a primitive",)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -26,7 +29,27 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
         return True
     text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, OSError, ImportError, ValueError)) and any(p in text for p in _PHRASES)
+    if not isinstance(exc, (RuntimeError, OSError, ImportError, ValueError)):
+        return False
+    return any(p in text for p in _PHRASES) or (address_space_cap() is not None
+                                                 and any(p in text for p in _PHRASES_UNDER_CAP))
+
+
+def require_address_space(nbytes: int, what: str) -> None:
+    """Under an address-space cap, MemoryError unless nbytes more fit below it. For native code that
+    aborts the process on a failed allocation (Rust's allocator does) rather than raising: the check
+    comes first, so the load fails as out of memory and the engine lives on."""
+    cap = address_space_cap()
+    if cap is None:
+        return
+    try:
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    if size + nbytes > cap:
+        raise MemoryError(f"{what} needs ~{_mib(nbytes)} of address space; {_mib(max(cap - size, 0))} is left "
+                          f"under the cap")
 
 
 def _mib(n: int) -> str:
