@@ -202,6 +202,10 @@ static void swiglu(int n, float *g, const float *u) {   /* g = silu(g) * u */
 }
 
 static void geglu(int n, float *g, const float *u, int exact) {  /* g = gelu_tanh(g) * u, ggml's f16 table */
+    if (!exact) {
+        dec_geglu_row(n, g, u);
+        return;
+    }
     for (int i = 0; i < n; i++) {
         const float x = g[i];
         g[i] = exact ? 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))) * u[i]

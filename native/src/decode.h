@@ -97,4 +97,28 @@ static inline float dec_geglu1(float x, float u) {
     return f16_to_f32((f16_t)cellar_gelu_f16[dec_f32_to_f16(x)]) * u;
 }
 
+/* g[i] = dec_geglu1(g[i], u[i]) for a row, the same bits: with AVX2 + F16C eight at a time (the
+ * hardware's f32 -> f16 rounds to nearest even as dec_f32_to_f16 does; the table read as the 32-bit
+ * word holding the entry, which stays inside it) */
+static inline void dec_geglu_row(int n, float *g, const float *u) {
+    int i = 0;
+#ifdef CK_SIMD
+    const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
+    const __m256i one = _mm256_set1_epi32(1), low16 = _mm256_set1_epi32(0xFFFF);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i), uu = _mm256_loadu_ps(u + i);
+        const __m256i h = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        const __m256i word = _mm256_i32gather_epi32((const int *)cellar_gelu_f16, _mm256_srli_epi32(h, 1), 4);
+        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(word, _mm256_slli_epi32(_mm256_and_si256(h, one), 4)),
+                                           low16);
+        const __m128i halves = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        __m256 r = _mm256_mul_ps(_mm256_cvtph_ps(halves), uu);
+        r = _mm256_blendv_ps(r, _mm256_mul_ps(x, uu), _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+        r = _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LE_OQ));
+        _mm256_storeu_ps(g + i, r);
+    }
+#endif
+    for (; i < n; i++) g[i] = dec_geglu1(g[i], u[i]);
+}
+
 #endif

@@ -226,7 +226,7 @@ static void glu_rows(const pf_job *j, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         load_f32(j->kind_a, (const uint8_t *)j->a + r * j->as * kind_size(j->kind_a), n, g);
         load_f32(j->kind_b, (const uint8_t *)j->b + r * j->bs * kind_size(j->kind_b), n, u);
-        if (j->op == PF_GELU) for (int i = 0; i < n; i++) g[i] = dec_geglu1(g[i], u[i]);
+        if (j->op == PF_GELU) dec_geglu_row(n, g, u);
         else swiglu_row(n, g, u);
         store_kind(j->kind_out, g, n, (uint8_t *)j->out + r * j->os * kind_size(j->kind_out));
     }
