@@ -113,6 +113,27 @@ def test_geglu_is_bitwise_the_table_and_silu_within_ulps():
     assert float((got.float() - (F.silu(gb.float()) * ub.float())).abs().max()) <= 0.01 * float(want.abs().max())
 
 
+def test_geglu_rows_are_the_table_on_every_half_and_every_isa():
+    """The SIMD GEGLU row (hardware f32 -> f16 rounding, a gather from the table) against the scalar one on
+    every finite f16 value, the midpoints between neighbours (where rounding to nearest even decides) and
+    the +-10 edges, on each instruction set the CPU has."""
+    h = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16).float()
+    h = h[torch.isfinite(h)].sort().values
+    x = torch.cat([h, (h[:-1] + h[1:]) / 2, torch.tensor([-10.0, 10.0, -10.0001, 9.9999, 0.0, -0.0])])
+    x = x[: x.numel() // 64 * 64].reshape(-1, 64).contiguous()
+    u = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    want = geglu_into(x.clone(), u)                      # the one-value function, scalar
+    before = kernels.ISA
+    try:
+        for isa in ("avx512-vnni", "avx512", "avx2", "scalar"):
+            if kernels.set_isa(isa) != isa:
+                continue
+            got = ops_for(torch.float32, x.shape[0], HP).glu(prefill.GELU, x.clone(), u)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), isa
+    finally:
+        kernels.set_isa(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_q8(tmp_path_factory):
     return tiny_llama(tmp_path_factory.mktemp("pf") / "tiny.gguf", qtype=GGMLType.Q8_0, n_embd=128, n_ff=256,
