@@ -1,7 +1,8 @@
 """Offload wired into the runtime (LoadOptions.gpu_layers): with the CPU standing in for the device
 (offload_device="cpu"), every placement gives the plain CPU run of the same torch path token for token
 (CELLAR_NATIVE_DECODE=0: an offloaded step never takes the fused native decode layer, whose rounding is
-llama.cpp's and not torch's); the memory planner's
+llama.cpp's and not torch's; nor the prefill's native small steps, whose SiLU is ggml's exp: the CPU
+reference runs them in torch too, as a CPU without the library would); the memory planner's
 VRAM figures are what the runtime allocates; without CUDA, --gpu-layers warns and runs on the CPU."""
 from __future__ import annotations
 
@@ -38,10 +39,16 @@ def _greedy(model: Model, n: int = N_GEN) -> list[int]:
     return model.generate(_prompt(model), n, Sampler(SamplingParams(temperature=0, seed=0))).tokens
 
 
+def _torch_path(mp: pytest.MonkeyPatch) -> None:
+    """The CPU reference on the torch path the offloaded layers take (see the module's doc)."""
+    mp.setenv("CELLAR_NATIVE_DECODE", "0")
+    mp.setattr(kernels, "has_prefill_ops", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def smol_cpu(smollm2_path):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CELLAR_NATIVE_DECODE", "0")
+        _torch_path(mp)
         m = _load(smollm2_path)
         toks = _greedy(m)
         logits = m.eval(_prompt(m), pos0=0)
@@ -54,7 +61,8 @@ def smol_cpu(smollm2_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("gpu_layers,stream", [(0, True), (12, None), (12, False), (SMOL_LAYERS, None)],
                          ids=["all-streamed", "12-resident-rest-streamed", "12-resident-rest-on-cpu", "all-resident"])
-def test_greedy_output_with_offload_equals_the_cpu_run(smollm2_path, smol_cpu, gpu_layers, stream):
+def test_greedy_output_with_offload_equals_the_cpu_run(smollm2_path, smol_cpu, gpu_layers, stream, monkeypatch):
+    _torch_path(monkeypatch)
     m = _load(smollm2_path, offload_device="cpu", gpu_layers=gpu_layers, offload_stream=stream)
     off = m.offload
     assert off is not None and m.warnings == []
@@ -70,13 +78,12 @@ def test_greedy_output_with_offload_equals_the_cpu_run(smollm2_path, smol_cpu, g
 
 
 @pytest.mark.slow
-def test_gemma3_greedy_output_with_offload_equals_the_cpu_run(gemma3_path):
+def test_gemma3_greedy_output_with_offload_equals_the_cpu_run(gemma3_path, monkeypatch):
     """Sliding-window and global caches split between host and device, q8_0 KV cells stored on both sides,
     Q/K norms read as views of the device buffers, the tied output head on the host."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CELLAR_NATIVE_DECODE", "0")
-        m = _load(gemma3_path, kv_type="q8_0")
-        ref = _greedy(m)
+    _torch_path(monkeypatch)
+    m = _load(gemma3_path, kv_type="q8_0")
+    ref = _greedy(m)
     m.close()
     m = _load(gemma3_path, offload_device="cpu", gpu_layers=7, kv_type="q8_0")
     assert sorted(m.offload.resident) == list(range(11, 18)) and m.offload.streamer is not None
@@ -268,7 +275,7 @@ def test_a_session_saved_with_offload_restores_the_same_state(smollm2_path, tmp_
 def test_batched_decode_of_several_sequences_with_offload(smollm2_path, gpu_layers, monkeypatch):
     """Model.eval_batch (the server's several sequences in one step) gives the CPU's logits with layers
     offloaded, streamed for the big first step and resident or on the CPU for the decode steps."""
-    monkeypatch.setenv("CELLAR_NATIVE_DECODE", "0")     # the torch path both sides (see the module's note)
+    _torch_path(monkeypatch)                             # the torch path both sides (see the module's note)
     ref, off = _load(smollm2_path, n_seq=2), _load(smollm2_path, n_seq=2, offload_device="cpu", gpu_layers=gpu_layers)
     ids = _prompt(ref)
     steps = [[(0, ids[:20]), (1, ids[20:])], [(0, [42]), (1, [7])], [(1, [9]), (0, [11])]]
