@@ -23,8 +23,13 @@ AVX-512 build 0.09 / 0.13, 0.26 / 0.39 (tools/greedy_agreement.py prints all thr
 - with q8_0 KV llama.cpp runs flash attention (Q quantized to q8_0 for its dot with K, as Cellar does
   since; its two builds are bit-identical there), and Cellar's gap noise is wider (median 0.13 / 0.15,
   largest 0.98 / 1.02), so q8_0 takes NEAR_TIE_Q8;
-- at most MAX_FLIPS differences in a continuation.
-The same bounds hold against both builds' references (the f16 checks run against each).
+- at most MAX_FLIPS differences in a continuation, not counting coin tosses: differences where llama.cpp's
+  gap was below COIN_TOSS, the median by which its own two builds' gaps differ (about as often as not,
+  two correct implementations order such a pair differently; Gemma-3's 'plain' prompt with q8_0 KV parts
+  from both builds four times in 40 tokens at gaps 0.09, 0.03, 0.05 and 0.18 on an AVX2 CPU).
+Where a token differs, the gap is llama.cpp's smallest over its two builds that had fed the same tokens
+up to there (greedy_check.build_margin): both are llama.cpp. The same bounds hold against both builds'
+references (the f16 checks run against each).
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import pytest
 
 from engine.pull import KNOWN
 from engine.runtime import LoadOptions, Model
-from tests.engine.greedy_check import REFS_PATH, follow, gap_errors, load_refs, peer_margin
+from tests.engine.greedy_check import REFS_PATH, Follow, build_margin, follow, gap_errors, load_refs, peer_margin
 
 ROOT = Path(__file__).resolve().parents[2]
 REFS = load_refs()
@@ -48,7 +53,9 @@ CTX = 1024
 MIN_MATCH = 32                 # identical tokens before any difference, f16 KV
 NEAR_TIE = 0.4                 # llama.cpp's logit gap (its pick minus ours) allowed where a token differs
 NEAR_TIE_Q8 = 1.0              # ... with q8_0 KV (see the module docstring)
-MAX_FLIPS = 3
+MAX_FLIPS = 3                  # differences at a gap of COIN_TOSS or more in one continuation
+COIN_TOSS = 0.10               # llama.cpp's builds' median gap noise, f16 KV (the docstring)
+FOLLOW_LIMIT = 10              # differences of any size after which a continuation is not followed further
 PATHS = {                      # name: (load options, the KV type of the reference)
     "default": ({}, "f16"),
     "ubatch16": ({"ubatch": 16}, "f16"),
@@ -95,12 +102,14 @@ def test_refs_are_for_the_known_model_files(refs):
 def _check(loaded, model: str, path: str, cases=None, refs=REFS) -> dict:
     m = loaded(model, path)
     kv = PATHS[path][1]
-    res = {case: follow(m, refs.prompt(model, case), refs.run(model, kv, case), MAX_FLIPS + 1)
+    other = REFS_AVX512 if refs is REFS else REFS
+    res = {case: follow(m, refs.prompt(model, case), refs.run(model, kv, case), FOLLOW_LIMIT,
+                        others=[other.run(model, kv, case)])
            for case in cases or refs.cases(model)}
     summary = {c: (r.matched_prefix, r.n, [(s, round(g, 4)) for s, _, _, g in r.flips]) for c, r in res.items()}
     for case, r in res.items():
         where = f"{model}/{path}/{case}: (identical prefix, compared, [(step, llama.cpp gap)]) {summary}"
-        assert len(r.flips) <= MAX_FLIPS, where
+        assert len(r.flips) < FOLLOW_LIMIT and r.count_above(COIN_TOSS) <= MAX_FLIPS, where
         assert r.max_margin < (NEAR_TIE_Q8 if kv == "q8_0" else NEAR_TIE), where
         if kv == "f16":
             assert r.matched_prefix >= MIN_MATCH or r.flips[0][3] < NEAR_TIE, where
@@ -173,6 +182,18 @@ def test_peer_margin_tells_a_near_tie_from_a_clear_choice():
     assert math.isinf(peer_margin(top, 1234))
 
 
+def test_build_margin_takes_the_other_build_only_where_it_fed_the_same_tokens():
+    ref = {"tokens": [1, 2, 3], "top": [[[1, 5.0], [9, 4.0]], [[2, 5.0], [9, 4.5]], [[3, 5.0], [9, 3.0]]]}
+    near = {"tokens": [1, 2, 9], "top": [[[1, 5.0]], [[2, 5.0], [9, 4.9]], [[9, 5.0], [3, 4.0]]]}
+    parted = {"tokens": [1, 7, 9], "top": [[[1, 5.0]], [[7, 5.0], [2, 4.9]], [[9, 5.0], [3, 4.0]]]}
+    assert build_margin(ref, [], 1, 9) == pytest.approx(0.5)
+    assert build_margin(ref, [near], 1, 9) == pytest.approx(0.1)     # same tokens before step 1
+    assert build_margin(ref, [near], 2, 9) == 0.0                      # llama.cpp's other build picked ours
+    assert build_margin(ref, [parted], 2, 9) == pytest.approx(2.0)   # it had fed 7, not 2: not comparable
+    f = Follow(40, [(3, 1, 2, 0.02), (9, 1, 2, 0.3), (20, 1, 2, 0.1)])
+    assert f.count_above(0.1) == 2 and f.max_margin == 0.3
+
+
 # ---- the command line ----------------------------------------------------------------------------------
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=ROOT, capture_output=True, text=True,
@@ -190,7 +211,8 @@ def _check_run_json(model: str, path, n: int) -> None:
     got = out["tokens"]
     assert len(got) == n
     j = next((i for i, (a, b) in enumerate(zip(got, ref["tokens"])) if a != b), None)
-    assert j is None or (j >= 8 and peer_margin(ref["top"][j], got[j]) < NEAR_TIE), (j, got, ref["tokens"][:n])
+    other = REFS_AVX512.run(model, "f16", "plain")
+    assert j is None or (j >= 8 and build_margin(ref, [other], j, got[j]) < NEAR_TIE), (j, got, ref["tokens"][:n])
     from engine.gguf import GGUFFile
     from engine.tokenizer import load_tokenizer
     tok = load_tokenizer(GGUFFile.open(path, read_data=False))
