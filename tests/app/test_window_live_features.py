@@ -30,6 +30,7 @@ def test_chat_settings_reach_the_engine_and_the_cell_map_follows_a_reply(qtbot, 
     # the cell map: snapshots while the reply streams, then the engine's cells where they are
     w.new_chat()
     w.settings.max_tokens = 60
+    w.kv_timer.setInterval(50)       # the window asks every 500 ms; a fast CPU streams 60 tokens in less
     snaps = []
     w.bridge.event.connect(lambda ev: snaps.append(ev.snapshot) if isinstance(ev, P.KVSnapshot) else None)
     mid, stats = send_and_wait(qtbot, w, "Count from one to twenty in words.")
