@@ -69,6 +69,22 @@ def scratch_dtype() -> torch.dtype:
 SCRATCH_DTYPE = scratch_dtype()
 
 
+def _bf16_split() -> bool:
+    """Whether a bf16 matmul is shared out in row chunks between the threads (engine/split.py) rather than
+    run whole on the calling thread. AMX multiplies a layer's matrix in well under a millisecond on one
+    core and the chunks' bookkeeping costs more than they save; AVX-512 BF16 alone (Zen 4, Cooper Lake)
+    is compute-bound at ~200 GFLOP/s a core, and one thread left the other core idle through ~60% of a
+    prefill. 2-core EPYC (AVX-512 BF16, no AMX), pp512, 2 threads (tools/speed_profile.py): SmolLM2
+    547-573 -> 708-721 tok/s, Gemma-3 635 -> 782. CELLAR_BF16_SPLIT=0|1 overrides."""
+    env = os.environ.get("CELLAR_BF16_SPLIT", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return "amx_bf16" not in _cpu_flags()
+
+
+BF16_SPLIT = _bf16_split()
+
+
 class Scratch:
     """One dequantization buffer, sized for the largest matrix it will hold, allocated (and touched)
     once; every batched linear reuses it."""
@@ -121,8 +137,17 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None,
         # 512x576 by 576x1536: 0.7 ms on one core), so row chunks shared with a helper thread cost more
         # in bookkeeping than they save: the weight is dequantized on the native pool's threads, then one
         # matmul on this thread. 2-core Xeon, 2 threads, pp tok/s chunks -> this: SmolLM2 pp32 175 -> 287,
-        # pp128 451 -> 709, pp512 687 -> 890; Gemma-3 pp32 210 -> 321, pp128 554 -> 756, pp512 930 -> 946
+        # pp128 451 -> 709, pp512 687 -> 890; Gemma-3 pp32 210 -> 321, pp128 554 -> 756, pp512 930 -> 946.
+        # Without AMX the matmul is shared out in row chunks (BF16_SPLIT)
         kernels.dequantize_into(w, W)
+        if BF16_SPLIT and kernels.get_threads() > 1 and w.rows >= 2 * MIN_CHUNK_ROWS:
+            res = out if out is not None else torch.empty(x.shape[0], w.rows, dtype=W.dtype)
+
+            def mm(r0: int, r1: int) -> None:
+                res[:, r0:r1] = torch.mm(xs, W[r0:r1].T)
+
+            split.run([lambda a=a, b=b: mm(a, b) for a, b in _chunks(w.rows, kernels.get_threads())])
+            return res if out is not None else res.float()
         if out is not None:
             return torch.mm(xs, W.T, out=out)
         return torch.mm(xs, W.T).float()

@@ -114,6 +114,42 @@ def test_scratch_holds_only_the_weights_that_dequantize(monkeypatch):
     assert sc.buf.numel() == 64 * 256
 
 
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q6_K])
+def test_bf16_matmul_in_row_chunks_is_bitwise_the_whole_matmul(qtype, monkeypatch):
+    """BF16_SPLIT (AVX-512 BF16 without AMX): the rows shared out between threads give bit for bit the one
+    matmul's products, into the prefill's bf16 buffer (out) or as f32."""
+    monkeypatch.setattr(ops, "PREFILL", "f32")
+    monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.bfloat16)
+    rng = np.random.default_rng(int(qtype))
+    rows, cols = 1000, 512                              # rows not a multiple of the chunk size
+    w = QTensor("w", qtype, (rows, cols), raw_tensor(qtype, (rows, cols), rng).data)
+    x = torch.from_numpy(rng.standard_normal((40, cols)).astype(np.float32))
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(2)
+        sc = ops.Scratch.for_weights([w])
+        got = {}
+        for split_on in (False, True):
+            monkeypatch.setattr(ops, "BF16_SPLIT", split_on)
+            out = torch.full((40, rows), float("nan"), dtype=torch.bfloat16)
+            got[split_on] = (ops.linear(x, w, sc), ops.linear(x.bfloat16(), w, sc, out=out), out)
+    finally:
+        kernels.set_threads(before)
+    (whole, whole_out, _), (parts, parts_out, buf) = got[False], got[True]
+    assert whole.dtype == parts.dtype == torch.float32 and torch.equal(whole, parts)
+    assert parts_out is buf and torch.equal(whole_out, parts_out)
+
+
+def test_bf16_matmul_is_shared_out_only_without_amx(monkeypatch):
+    monkeypatch.delenv("CELLAR_BF16_SPLIT", raising=False)
+    monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert ops._bf16_split()
+    monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert not ops._bf16_split()
+    monkeypatch.setenv("CELLAR_BF16_SPLIT", "1")
+    assert ops._bf16_split()
+
+
 def test_scratch_is_f32_without_a_bf16_matmul_unit(monkeypatch):
     monkeypatch.delenv("CELLAR_SCRATCH", raising=False)
     monkeypatch.setattr(ops, "_cpu_flags", lambda: {"avx2", "fma", "f16c"})
