@@ -210,7 +210,7 @@ def test_other_bpe_pre_tokenizers_match_llama_cpp(smollm2_path, pre):
 
 def test_bpe_merges_outside_the_vocabulary_are_dropped_from_a_string_array():
     """Merges as the reader gives them (a StringArray): one naming a token outside the vocabulary, or
-    whose join is not a token, sends the list through the one-by-one filter (HF tokenizers would panic)."""
+    whose join is not a token, sends the list through the one-by-one filter (HF tokenizers refuses it)."""
     from engine.gguf_strings import StringArray
     toks = ["a", "b", "c", "ab", "abc", "<|endoftext|>"]
     for merges in (["a b", "ab c"], ["a b", "b c", "ab c"], ["a b", "x y", "ab c"], ["a b", "abc", "ab c"]):
