@@ -38,3 +38,9 @@ def test_base_overhead_matches_a_fresh_engine_process():
     if abs(BASE_RSS - measured) / measured > TOLERANCE:      # once more: a busy machine can inflate one run
         measured = min(measured, measure_baseline()["peak_rss"])
     assert abs(BASE_RSS - measured) / measured <= TOLERANCE
+
+
+def test_planner_counts_the_attention_blocks_ops_makes():
+    """The planner keeps its own copy of ops' attention block sizes (it never imports torch)."""
+    from engine import memory_model, ops
+    assert (memory_model.ATTEND_BLOCK, memory_model.ATTEND_SCORES) == (ops.ATTEND_BLOCK, ops.ATTEND_SCORES)
