@@ -116,8 +116,8 @@ def test_scratch_holds_only_the_weights_that_dequantize(monkeypatch):
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_1, GGMLType.Q6_K])
 def test_bf16_matmul_in_row_chunks_is_bitwise_the_whole_matmul(qtype, monkeypatch):
-    """BF16_SPLIT (AVX-512 BF16 without AMX): the rows shared out between threads give bit for bit the one
-    matmul's products, into the prefill's bf16 buffer (out) or as f32."""
+    """BF16_SPLIT (AVX-512 BF16 without AMX): x's rows shared out between threads in blocks give bit for bit
+    the one matmul's products, into the prefill's bf16 buffer (out) or as f32."""
     monkeypatch.setattr(ops, "PREFILL", "f32")
     monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.bfloat16)
     rng = np.random.default_rng(int(qtype))
