@@ -146,9 +146,12 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None,
             # blocks of x's rows (tokens), each product straight into its rows of the output (contiguous:
             # no copy), every thread reading the whole weight (a few MiB, shared in L3). Blocks of the
             # weight's rows instead wrote each product into a strided slice through a copy: pp512 SmolLM2
-            # 723 -> 773, Gemma-3 877 -> 922 tok/s (medians of 4 alternating runs, 2-core EPYC)
+            # 723 -> 773, Gemma-3 877 -> 922 tok/s (medians of 4 alternating runs, 2-core EPYC). Two blocks a
+            # thread: Gemma-3's 512x640 by 640x2048 on 2 threads takes 3.39 / 3.51 / 3.86 ms in 2 / 4 / 8
+            # blocks against 6.61 ms whole on one (pp512 medians 747 / 795 / 812 tok/s SmolLM2, 944 / ~1000 /
+            # ~1030 Gemma-3 for 4 / 2 / 1 blocks a thread); two keep a late helper's share small
             res = out if out is not None else torch.empty(n, w.rows, dtype=W.dtype)
-            step = max(MIN_X_ROWS, -(-n // (4 * kernels.get_threads())))
+            step = max(MIN_X_ROWS, -(-n // (2 * kernels.get_threads())))
 
             def mm(r0: int, r1: int) -> None:
                 torch.mm(xs[r0:r1], W.T, out=res[r0:r1])
