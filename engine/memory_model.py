@@ -55,10 +55,11 @@ def transient_floats_per_token(h: Hparams) -> int:
 
 
 def attention_block_bytes(h: Hparams, threads: int) -> int:
-    """engine/ops.py's per-thread attention buffers (a block's query, scores and output at their largest),
-    one set per thread that runs blocks."""
+    """engine/ops.py's per-thread attention buffers (a block's query, scores and output at their largest;
+    the scores one K/V head's query group at a time), one set per thread that runs blocks."""
     n_head = max(h.n_head)
-    return threads * F32 * (n_head * ATTEND_BLOCK * (h.head_dim_k + h.head_dim_v) + n_head * ATTEND_SCORES)
+    group = max(nh // max(nkv, 1) for nh, nkv in zip(h.n_head, h.n_head_kv))
+    return threads * F32 * (n_head * ATTEND_BLOCK * (h.head_dim_k + h.head_dim_v) + group * ATTEND_SCORES)
 
 
 def _threads(s) -> int:

@@ -347,16 +347,17 @@ def _attend_cells(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
 _WORK = threading.local()      # per thread: the attention block's buffers (see _block_work)
 
 
-def _block_work(heads: int, d: int, dv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def _block_work(heads: int, heads_kv: int, d: int, dv: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This thread's buffers for one block's query, scores and output at their largest (a block's rows x
-    cells never exceed ATTEND_SCORES, its rows ATTEND_BLOCK): made and touched on first use (the load's
-    warmup) and reused, so the blocks' varying shapes leave the allocator no freed blocks to keep."""
-    key = (heads, d, dv)
+    cells never exceed ATTEND_SCORES, its rows ATTEND_BLOCK; the scores are one K/V head's at a time):
+    made and touched on first use (the load's warmup) and reused, so the blocks' varying shapes leave the
+    allocator no freed blocks to keep."""
+    key = (heads, heads_kv, d, dv)
     w = getattr(_WORK, "bufs", None)
     if w is None or w[0] != key:
         with torch.inference_mode(False):   # usable in place whether or not a later call is in inference mode
-            w = _WORK.bufs = (key, torch.zeros(heads * ATTEND_BLOCK * d), torch.zeros(heads * ATTEND_SCORES),
-                              torch.zeros(heads * ATTEND_BLOCK * dv))
+            w = _WORK.bufs = (key, torch.zeros(heads * ATTEND_BLOCK * d),
+                              torch.zeros(heads // heads_kv * ATTEND_SCORES), torch.zeros(heads * ATTEND_BLOCK * dv))
     return w[1:]
 
 
@@ -365,19 +366,25 @@ def _attend_block(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
     n, heads, d = q.shape
     n_kv, heads_kv, dv = V.shape
     g = heads // heads_kv
-    qb, sb, ob = _block_work(heads, d, dv)
+    qb, sb, ob = _block_work(heads, heads_kv, d, dv)
     if n > ATTEND_BLOCK or n * n_kv > ATTEND_SCORES:             # not a block attend() makes
-        qb, sb, ob = (torch.empty(heads * n * d), torch.empty(heads * n * n_kv), torch.empty(heads * n * dv))
+        qb, sb, ob = (torch.empty(heads * n * d), torch.empty(g * n * n_kv), torch.empty(heads * n * dv))
     qg = qb[:heads * n * d].view(heads_kv, g, n, d)
     qg.copy_(q.view(n, heads_kv, g, d).permute(1, 2, 0, 3))
     qg = qg.view(heads_kv, g * n, d)
-    s = torch.bmm(qg, K.permute(1, 2, 0), out=sb[:heads * n * n_kv].view(heads_kv, g * n, n_kv))
+    Kt, Vt = K.permute(1, 2, 0), V.transpose(0, 1)
+    o = ob[:heads * n * dv].view(heads_kv, g * n, dv)
+    s = sb[:g * n * n_kv].view(1, g * n, n_kv)
     qp, qbits = cells.q_at(r0)                                    # row j of s: query j % n
-    lib, rows = kernels._lib, heads_kv * g * n
-    lib.cellar_pf_mask(rows, n, n_kv, s.data_ptr(), s.stride(1), scale, qp, qbits, cells.bits,
-                       cells.cpos.ctypes.data + 8 * c0, cells.cseq.ctypes.data + 8 * c0, cells.window)
-    torch.softmax(s, -1, out=s)
-    if rnd:
-        lib.cellar_pf_round(rows, n_kv, s.data_ptr(), s.stride(1), rnd)
-    o = torch.bmm(s, V.transpose(0, 1), out=ob[:heads * n * dv].view(heads_kv, g * n, dv))
+    lib, rows = kernels._lib, g * n
+    # one K/V head at a time (each a batch of one: the same products as one batched matmul over all of
+    # them), so the scores held are one head's: SmolLM2's 3 K/V heads, 1.6 MiB less a thread
+    for h in range(heads_kv):
+        torch.bmm(qg[h:h + 1], Kt[h:h + 1], out=s)
+        lib.cellar_pf_mask(rows, n, n_kv, s.data_ptr(), s.stride(1), scale, qp, qbits, cells.bits,
+                           cells.cpos.ctypes.data + 8 * c0, cells.cseq.ctypes.data + 8 * c0, cells.window)
+        torch.softmax(s, -1, out=s)
+        if rnd:
+            lib.cellar_pf_round(rows, n_kv, s.data_ptr(), s.stride(1), rnd)
+        torch.bmm(s, Vt[h:h + 1], out=o[h:h + 1])
     out.view(n, heads_kv, g, dv).copy_(o.view(heads_kv, g, n, dv).permute(2, 0, 1, 3))
