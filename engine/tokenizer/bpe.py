@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from operator import add
 from typing import Sequence
 
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers   # a library of the engine, loaded with it
@@ -96,14 +95,7 @@ def pre_tokenizer_for(pre: str) -> PreTokenizer:
 def merge_pairs(token_to_id: dict[str, int], merges: Sequence[str]) -> list[tuple[str, str]]:
     """GGUF merges "a b" (split at the first space after the first character) as (a, b) pairs, keeping
     only those whose a, b and a + b are tokens (HF tokenizers refuses the others; llama.cpp can never
-    apply them). A StringArray splits in one pass and is checked with set lookups in C; any merge that
-    fails there sends the whole list through the one-by-one loop, which drops it."""
-    split = merges.split_pairs() if isinstance(merges, StringArray) else None
-    if split is not None:
-        a, b = split
-        has = token_to_id.__contains__
-        if all(map(has, a)) and all(map(has, b)) and all(map(has, map(add, a, b))):
-            return list(zip(a, b))
+    apply them). BPEEncoder comes here only when a list went to tokenizers whole and was refused."""
     pairs = []
     for m in merges:
         i = m.find(" ", 1)
