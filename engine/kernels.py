@@ -76,6 +76,19 @@ def _bind_prefill(lib) -> None:
     for name in ("cellar_pf_rms_norm", "cellar_pf_residual", "cellar_pf_rope", "cellar_pf_glu", "cellar_pf_mask",
                  "cellar_pf_round", "cellar_pf_cell_range"):
         getattr(lib, name).restype = None
+    if hasattr(lib, "cellar_trig_f32"):
+        lib.cellar_trig_f32.argtypes = [i64, vp, vp, vp]
+        lib.cellar_trig_f32.restype = None
+
+
+def trig_f32(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(cosf, sinf) of f32 angles from the C library, in one native pass; None without the library."""
+    if _lib is None or not hasattr(_lib, "cellar_trig_f32"):
+        return None
+    a = np.ascontiguousarray(angles, dtype=np.float32)
+    c, s = np.empty_like(a), np.empty_like(a)
+    _lib.cellar_trig_f32(a.size, a.ctypes.data, c.ctypes.data, s.ctypes.data)
+    return c, s
 
 
 def best_isa() -> str:

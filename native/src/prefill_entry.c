@@ -81,3 +81,11 @@ void cellar_pf_cell_range(int64_t nq, const int64_t *qpos, const int64_t *qbits,
                           const int64_t *cpos, const int64_t *cseq, int64_t window, int64_t *c0, int64_t *c1) {
     PICK(pf_cell_range, nq, qpos, qbits, bits, n_cells, cpos, cseq, window, c0, c1)
 }
+
+/* cosf and sinf of n f32 angles as the C library gives them (ggml's RoPE cache calls cosf and sinf):
+ * engine/models/base.py's tables. Two loops, so the compiler does not fuse the pair into one sincosf. */
+#include <math.h>
+void cellar_trig_f32(int64_t n, const float *angles, float *cos_out, float *sin_out) {
+    for (int64_t i = 0; i < n; i++) cos_out[i] = cosf(angles[i]);
+    for (int64_t i = 0; i < n; i++) sin_out[i] = sinf(angles[i]);
+}

@@ -204,3 +204,26 @@ def test_native_masked_softmax_attention_matches_the_torch_one(window, n, n_kv, 
     out = torch.zeros(n, heads * d, dtype=torch.bfloat16)
     assert ops.attend(q, K, V, m, 0.2, torch.float16, out) is out
     assert torch.equal(out, got.to(torch.bfloat16))
+
+
+def test_rope_tables_are_the_c_librarys_cosf_and_sinf():
+    """The RoPE cos/sin tables hold what cosf / sinf give (ggml's rope cache calls them), one value at a
+    time through ctypes, including the angles where the rounded double differs from the library's float
+    (glibc's cosf is not correctly rounded everywhere: Gemma-3's table has ~56 such values of 262144)."""
+    from engine.models import base
+    if kernels.trig_f32(np.zeros(1, np.float32)) is None or base._LIBM is None:
+        pytest.skip("needs the native library and the C math library")
+    rope = Rope(256, 10000.0, True, 2048)
+    theta, ang = np.arange(2048).astype(np.float32), np.empty((2048, 128), np.float32)
+    for i in range(128):
+        ang[:, i] = theta
+        theta = theta * rope.scale
+    shortcut = base._trig_f32(ang, "cosf")
+    rng = np.random.default_rng(0)
+    flat = ang.ravel()
+    picks = np.union1d(np.flatnonzero(shortcut.ravel() != rope.cos.numpy().ravel()), rng.choice(flat.size, 3000))
+    libm = base._LIBM
+    want_c = np.array([libm.cosf(float(flat[k])) for k in picks], np.float32)
+    want_s = np.array([libm.sinf(float(flat[k])) for k in picks], np.float32)
+    assert np.array_equal(rope.cos.numpy().ravel()[picks], want_c)
+    assert np.array_equal(rope.sin.numpy().ravel()[picks], want_s)
