@@ -252,7 +252,7 @@ def attend(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, mask, scale: float
     # fewer rows per task as the cells grow, so a task's scores (and its mask) stay the size they have at
     # 512 cells whatever the context: the peak RSS of a prompt at a full context stays that of the load
     rows = max(1, min(ATTEND_BLOCK, ATTEND_SCORES // max(n_kv, 1)))
-    split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in range(0, n, rows)])
+    split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in reversed(range(0, n, rows))])  # as _attend_cells
     return out
 
 
@@ -340,7 +340,9 @@ def _attend_cells(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
     if n <= rows:
         block(0, n)
     else:
-        split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in range(0, n, rows)])
+        # the last rows first: under a causal mask a block's cost grows with its rows' positions, and the
+        # longest tasks taken first leave the threads' shares even (blocks 4, 3 | 2, 1 rather than 1, 3 | 2, 4)
+        split.run([lambda a=r0, b=min(r0 + rows, n): block(a, b) for r0 in reversed(range(0, n, rows))])
     return out
 
 
