@@ -76,9 +76,19 @@ def _bind_prefill(lib) -> None:
     for name in ("cellar_pf_rms_norm", "cellar_pf_residual", "cellar_pf_rope", "cellar_pf_glu", "cellar_pf_mask",
                  "cellar_pf_round", "cellar_pf_cell_range"):
         getattr(lib, name).restype = None
+    if hasattr(lib, "cellar_pool_rest"):
+        lib.cellar_pool_rest.argtypes = []
+        lib.cellar_pool_rest.restype = None
     if hasattr(lib, "cellar_trig_f32"):
         lib.cellar_trig_f32.argtypes = [i64, vp, vp, vp]
         lib.cellar_trig_f32.restype = None
+
+
+def pool_rest() -> None:
+    """The native pool's idle workers sleep now rather than spin ~0.1 ms for a next job (for a caller
+    whose next step runs on other threads)."""
+    if _lib is not None and hasattr(_lib, "cellar_pool_rest"):
+        _lib.cellar_pool_rest()
 
 
 def trig_f32(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -143,6 +143,9 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None,
         kernels.dequantize_into(w, W)
         n = x.shape[0]
         if BF16_SPLIT and kernels.get_threads() > 1 and n >= 2 * MIN_X_ROWS and (out is None or out.is_contiguous()):
+            # the native pool's workers would spin ~0.1 ms for a next job while the split's threads start
+            # the matmul: 2T - 1 runnable threads on T cores (tests/engine/test_threads.py); they sleep now
+            kernels.pool_rest()
             # blocks of x's rows (tokens), each product straight into its rows of the output (contiguous:
             # no copy), every thread reading the whole weight (a few MiB, shared in L3). Blocks of the
             # weight's rows instead wrote each product into a strided slice through a copy: pp512 SmolLM2

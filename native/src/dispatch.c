@@ -89,6 +89,7 @@ int cellar_set_isa(int isa) {
 }
 
 int cellar_set_threads(int n) { return pool_set_threads(n); }
+void cellar_pool_rest(void) { pool_rest(); }
 int cellar_threads(void) { return pool_threads(); }
 
 static int act_kind(int type) {

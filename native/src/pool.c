@@ -34,6 +34,7 @@ static pool_task job_fn;
 static void *job_arg;
 static unsigned start_generation;    /* fixed while workers start (under use_lock) */
 static long spin_ns = 100000;         /* how long an idle worker spins before sleeping */
+static _Atomic unsigned rest_generation = ~0u;   /* workers done with this job sleep at once (pool_rest) */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -56,7 +57,8 @@ static void *worker_main(void *p) {
         int spins = 0;
         while (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
             cpu_relax();
-            if (++spins % 256 == 0 && now_ns() - t0 > spin_ns) {
+            if ((++spins % 256 == 0 && now_ns() - t0 > spin_ns)
+                || atomic_load_explicit(&rest_generation, memory_order_relaxed) == seen) {
                 pthread_mutex_lock(&wake_lock);
                 atomic_fetch_add(&sleeping, 1);
                 while (atomic_load(&generation) == seen) pthread_cond_wait(&wake_cond, &wake_lock);
@@ -137,4 +139,8 @@ void pool_run(pool_task fn, void *arg, int max_threads) {
     while (atomic_load_explicit(&jstate, memory_order_acquire) & J_COUNT)
         if (++spins < 100000) cpu_relax(); else sched_yield();
     pthread_mutex_unlock(&use_lock);
+}
+
+void pool_rest(void) {
+    atomic_store_explicit(&rest_generation, atomic_load(&generation), memory_order_relaxed);
 }

@@ -9,5 +9,8 @@ int pool_set_threads(int n);   /* total threads, the caller included; returns ho
 int pool_threads(void);
 /* max_threads <= 1 runs fn on the caller alone (small jobs); otherwise on the whole pool */
 void pool_run(pool_task fn, void *arg, int max_threads);
+/* workers idle after the last job sleep now instead of spinning for the next one: for a caller that
+ * hands the cores to other threads next (engine/ops.py's matmul split) */
+void pool_rest(void);
 
 #endif

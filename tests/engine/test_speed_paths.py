@@ -327,3 +327,22 @@ def test_gelu_is_ggmls_table_and_the_native_geglu_gives_the_same_bits():
     if base._native_geglu() is None:
         pytest.skip("native library not built: the torch lookup is the only path")
     assert torch.equal(got, ref)
+
+
+def test_pool_rest_leaves_the_pool_working():
+    """kernels.pool_rest() sends the native pool's idle workers to sleep at once (BF16_SPLIT calls it before
+    its matmul); the next job wakes them and gives the same numbers."""
+    if not kernels.AVAILABLE:
+        pytest.skip("native library not built")
+    rng = np.random.default_rng(5)
+    w = QTensor("w", GGMLType.Q4_K, (256, 512), raw_tensor(GGMLType.Q4_K, (256, 512), rng).data)
+    x = torch.from_numpy(rng.standard_normal((1, 512)).astype(np.float32))
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(2)
+        want = kernels.gemv(w, x)
+        for _ in range(50):
+            kernels.pool_rest()
+            assert torch.equal(kernels.gemv(w, x), want)
+    finally:
+        kernels.set_threads(before)
