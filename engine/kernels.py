@@ -57,6 +57,12 @@ def _load_library():
         lib.cellar_gemm_tiled.argtypes = [i32]
         lib.cellar_gemm_tiled.restype = i32
         lib.cellar_gemm_buffer_bytes.restype = i64
+    if hasattr(lib, "cellar_pool_rest"):     # the pool's idle workers to sleep now (native/src/pool.c)
+        lib.cellar_pool_rest.argtypes = []
+        lib.cellar_pool_rest.restype = None
+    if hasattr(lib, "cellar_trig_f32"):      # RoPE tables' cosf / sinf (native/src/prefill_entry.c)
+        lib.cellar_trig_f32.argtypes = [i64, vp, vp, vp]
+        lib.cellar_trig_f32.restype = None
     _bind_prefill(lib)
     return lib
 
@@ -76,12 +82,6 @@ def _bind_prefill(lib) -> None:
     for name in ("cellar_pf_rms_norm", "cellar_pf_residual", "cellar_pf_rope", "cellar_pf_glu", "cellar_pf_mask",
                  "cellar_pf_round", "cellar_pf_cell_range"):
         getattr(lib, name).restype = None
-    if hasattr(lib, "cellar_pool_rest"):
-        lib.cellar_pool_rest.argtypes = []
-        lib.cellar_pool_rest.restype = None
-    if hasattr(lib, "cellar_trig_f32"):
-        lib.cellar_trig_f32.argtypes = [i64, vp, vp, vp]
-        lib.cellar_trig_f32.restype = None
 
 
 def pool_rest() -> None:
@@ -239,6 +239,8 @@ MULTI_MAX = 8
 def gemv_many(ws: list[QTensor], x: torch.Tensor) -> list[torch.Tensor]:
     """[x @ W.T for W in ws] for one row x (f32 [1, cols] or [cols]) in one native call: x prepared once
     and the rows of all the weights shared between the threads in one job (decode's Q, K, V; gate, up)."""
+    if len({w.cols for w in ws}) > 1:        # on every path, the one-by-one fallback included
+        raise ValueError("gemv_many: the weights must have the same number of columns")
     if (_lib is None or not 1 <= len(ws) <= MULTI_MAX or x.dtype != torch.float32 or x.device.type != "cpu"
             or not x.is_contiguous() or x.numel() != x.shape[-1] or x.dim() > 2):
         return [gemv(w, x) for w in ws]
@@ -246,8 +248,6 @@ def gemv_many(ws: list[QTensor], x: torch.Tensor) -> list[torch.Tensor]:
     key = tuple(id(w) for w in ws)
     g = cache.get(key)
     if g is None or g.keys != [(id(w.data), w.qtype, w.shape) for w in ws]:
-        if len({w.cols for w in ws}) != 1:
-            raise ValueError("gemv_many: the weights must have the same number of columns")
         g = cache[key] = _Group(ws)
     if x.shape[-1] != g.cols:
         raise ValueError(f"x must have {g.cols} columns, got {list(x.shape)}")

@@ -131,7 +131,7 @@ class Rope:
             theta = theta * self.scale
         if self.freq_scale != 1:
             angles *= self.freq_scale
-        native = kernels.trig_f32(angles)     # the same C library calls, one pass (Gemma-3's 2 tables: 77 -> ~4 ms)
+        native = kernels.trig_f32(angles)     # the same C library calls, one pass (Gemma-3's 2 tables: 77 -> ~8 ms)
         if native is not None:
             return torch.from_numpy(native[0]), torch.from_numpy(native[1])
         return torch.from_numpy(_trig_f32(angles, "cosf")), torch.from_numpy(_trig_f32(angles, "sinf"))
