@@ -29,3 +29,38 @@ def scratch_kind(flags: frozenset[str] | set[str] | None = None) -> str:
     if mode:
         raise ValueError(f"CELLAR_SCRATCH={mode!r}: choose f32 or bf16")
     return "bf16" if {"amx_bf16", "avx512_bf16"} & (cpu_flags() if flags is None else flags) else "f32"
+
+
+# ggml types the int8 prefill GEMM takes (native/src/qgemm.c): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K
+INT8_PREFILL_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13})
+INT8_PANEL_ROWS = 32          # its weights' rows come in panels of 32
+
+
+def prefill_mode() -> str:
+    """CELLAR_PREFILL: auto (default), f32 (dequantize + matmul), i8 (the int8 GEMM where it takes the
+    weight), gemm / q8 (the GEMV-exact GEMM, engine/ops.py)."""
+    mode = os.environ.get("CELLAR_PREFILL", "").strip().lower() or "auto"
+    if mode not in ("auto", "f32", "i8", "gemm", "q8"):
+        raise ValueError(f"CELLAR_PREFILL={mode!r}: choose auto, f32, i8, gemm or q8")
+    return mode
+
+
+def int8_prefill(flags: frozenset[str] | set[str] | None = None, mode: str | None = None) -> bool:
+    """Whether a batch runs the int8 GEMM (AVX-512 VNNI) on the weights it takes: CELLAR_PREFILL=i8, or
+    auto on a CPU with AVX-512 VNNI and no AMX (AMX multiplies bf16 faster still; without VNNI the int8
+    products cost as much as f32 FMAs)."""
+    mode = prefill_mode() if mode is None else mode
+    flags = cpu_flags() if flags is None else flags
+    if os.environ.get("CELLAR_ISA", "").strip().lower() not in ("", "avx512-vnni"):   # a lower path chosen
+        return False
+    if mode == "i8":
+        return True
+    return mode == "auto" and "avx512_vnni" in flags and "amx_bf16" not in flags
+
+
+def int8_takes(qtype: int, shape: tuple[int, ...]) -> bool:
+    """Whether the int8 GEMM takes a weight of this ggml type and torch-order shape (rows, cols)."""
+    if len(shape) != 2 or int(qtype) not in INT8_PREFILL_TYPES:
+        return False
+    rows, cols = shape
+    return rows % INT8_PANEL_ROWS == 0 and cols % (256 if int(qtype) in (12, 13) else 32) == 0

@@ -18,7 +18,7 @@ from engine.quant import SUPPORTED, GGMLType, QTensor, dequantize_torch
 
 LIB_NAME = "libcellar_kernels.so"   # built by native/build.py next to native/__init__.py
 ISA_NAMES = ("scalar", "avx2", "avx512", "avx512-vnni")
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 _lib = None
 AVAILABLE = False
@@ -57,6 +57,12 @@ def _load_library():
         lib.cellar_gemm_tiled.argtypes = [i32]
         lib.cellar_gemm_tiled.restype = i32
         lib.cellar_gemm_buffer_bytes.restype = i64
+    if hasattr(lib, "cellar_qgemm_multi"):   # int8 prefill GEMM on unpacked panels (native/src/qgemm.c)
+        lib.cellar_qgemm_multi.argtypes = [i32, vp, vp, vp, vp, i64, vp, i32, i32, i64, vp, vp, i32]
+        lib.cellar_qgemm_multi.restype = i32
+        lib.cellar_qgemm_supports.argtypes = [i32, i64, i64]
+        lib.cellar_qgemm_supports.restype = i32
+        lib.cellar_qgemm_buffer_bytes.restype = i64
     if hasattr(lib, "cellar_pool_rest"):     # the pool's idle workers to sleep now (native/src/pool.c)
         lib.cellar_pool_rest.argtypes = []
         lib.cellar_pool_rest.restype = None
@@ -330,6 +336,59 @@ def gemm_many(ws: list[QTensor], x: torch.Tensor) -> list[torch.Tensor]:
 def gemm(w: QTensor, x: torch.Tensor) -> torch.Tensor:
     """x @ W.T for a batch x f32 [n, cols] on the raw blocks; bitwise equal to gemv(w, x)."""
     return gemm_many([w], x)[0]
+
+
+def qgemm_supported(w: QTensor) -> bool:
+    """Whether the path in use has the int8 prefill GEMM (AVX-512 VNNI, native/src/qgemm.c) for w's type
+    and shape."""
+    return (_lib is not None and hasattr(_lib, "cellar_qgemm_supports") and isinstance(w, QTensor)
+            and bool(_lib.cellar_qgemm_supports(int(w.qtype), w.rows, w.cols)))
+
+
+def qgemm_buffer_bytes() -> int:
+    """Bytes of the calling thread's int8 GEMM buffers (the largest ubatch's quantized x, one panel)."""
+    return int(_lib.cellar_qgemm_buffer_bytes()) if _lib is not None and hasattr(_lib, "cellar_qgemm_buffer_bytes") else 0
+
+
+_QG_KIND = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def qgemm_many(ws: list[QTensor], x: torch.Tensor, outs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """[x @ W.T for W in ws] for a batch x [n, cols] (f32 or bf16) in int8 (native/src/qgemm.c): x quantized
+    once in blocks of 32 as the GEMV's q8 (llama.cpp's q8_1), each weight's blocks unpacked exactly to
+    bytes, a scale and an offset, the panels of all the weights shared between the threads in one job.
+    Not bitwise the GEMV: its sums over blocks run in another order. outs: [n, rows] each, f32 or bf16,
+    rows contiguous (prefill's buffers); else new f32 tensors."""
+    if not 1 <= len(ws) <= MULTI_MAX:
+        raise ValueError(f"qgemm_many takes 1..{MULTI_MAX} weights, got {len(ws)}")
+    for w in ws:
+        if not qgemm_supported(w):
+            raise ValueError(f"{w.name}: the int8 GEMM does not take {GGMLType(w.qtype).name} {list(w.shape)} here")
+    args = [_native_args(w) for w in ws]
+    cols = args[0][4]
+    if any(a[4] != cols for a in args):
+        raise ValueError("qgemm_many: the weights must have the same number of columns")
+    if x.dtype not in _QG_KIND or x.device.type != "cpu" or x.dim() != 2 or x.shape[1] != cols or x.stride(1) != 1:
+        raise ValueError(f"x must be a CPU f32 or bf16 [n, {cols}] with contiguous rows, got {x.dtype} {list(x.shape)}")
+    n, k = x.shape[0], len(ws)
+    if outs is None:
+        outs = [torch.empty(n, a[3], dtype=torch.float32) for a in args]
+    kinds = {_QG_KIND.get(o.dtype) for o in outs}
+    if len(kinds) != 1 or None in kinds:
+        raise ValueError("qgemm_many: the outputs must all be f32 or all bf16")
+    for o, a in zip(outs, args):
+        if o.shape != (n, a[3]) or o.stride(1) != 1 or o.device.type != "cpu":
+            raise ValueError(f"qgemm_many: an output must be [{n}, {a[3]}] with contiguous rows, got {list(o.shape)}")
+    if n == 0:
+        return outs
+    rc = _lib.cellar_qgemm_multi(
+        k, (ctypes.c_int * k)(*[a[0] for a in args]), (ctypes.c_void_p * k)(*[a[1] for a in args]),
+        (ctypes.c_int64 * k)(*[a[2] for a in args]), (ctypes.c_int64 * k)(*[a[3] for a in args]), cols,
+        x.data_ptr(), _QG_KIND[x.dtype], n, x.stride(0), (ctypes.c_void_p * k)(*[o.data_ptr() for o in outs]),
+        (ctypes.c_int64 * k)(*[o.stride(0) for o in outs]), kinds.pop())
+    if rc != 0:
+        raise RuntimeError(f"{ws[0].name}: native int8 gemm failed ({'out of memory' if rc == -2 else 'bad shape'})")
+    return outs
 
 
 def dequantize_into(w: QTensor, out: torch.Tensor, row0: int = 0, row1: int | None = None, *,

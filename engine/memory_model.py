@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from math import prod
 
-from engine.cpu_features import scratch_kind
+from engine.cpu_features import int8_prefill, int8_takes, scratch_kind
 from engine.model_info import Hparams
 
 F32, BF16 = 4, 2
@@ -22,8 +22,28 @@ TORCH_WARM = 10 << 20       # RSS torch's thread pools and kernels keep after th
 ROPE_BASE_SWA = {"gemma3": 10000.0}    # sliding-window layers' RoPE base, where it differs
 
 
-def _widest(groups) -> int:
-    return max((prod(shape) for grp in groups for _, shape in grp.values() if len(shape) == 2), default=0)
+def _widest(groups, skip=lambda name, shape: False) -> int:
+    return max((prod(shape) for grp in groups for name, (_, shape) in grp.items() if len(shape) == 2
+                and not skip(name, shape)), default=0)
+
+
+ACT_Q8_BYTES, PANEL_BLOCK_BYTES = 40, 1280   # native/src/qgemm.c: act_q8 per 32 values; pblk per 32 columns
+
+
+def int8_buffers(g, layers, ub: int, threads: int) -> tuple[int, object]:
+    """(bytes, skip) of the int8 prefill GEMM where it runs (cpu_features.int8_prefill): the calling
+    thread's quantized x (ub rows of the widest input) and a panel per thread; skip(name, shape) tells
+    the weights it takes, which the dequantization scratch then does not hold."""
+    if not int8_prefill():
+        return 0, lambda name, shape: False
+
+    def takes(name, shape) -> bool:
+        t = g.tensors.get(name)
+        return t is not None and int8_takes(int(t.qtype), shape)
+
+    cols = max((shape[1] for grp in layers for name, (_, shape) in grp.items() if len(shape) == 2
+                and takes(name, shape)), default=0)
+    return (ub * cols // 32 * ACT_Q8_BYTES + threads * cols // 32 * PANEL_BLOCK_BYTES), takes
 
 
 def activation_floats_per_token(h: Hparams) -> int:
@@ -94,13 +114,16 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
     norms = sum(n for grp in layers for n, shape in grp.values() if len(shape) == 1)
     norms += sum(n for name, (n, shape) in output.items() if len(shape) == 1)
     cells = s.ctx + (min(s.ctx, h.swa_window + ub) if any(h.swa_layers) else 0)
+    i8_bytes, i8_takes = int8_buffers(g, layers, ub, _threads(s))
     return [
         ("kv", "cell positions and sequences", 3 * 8 * cells, "int64 per cell"),
-        ("compute", f"dequantized weight ({kind}, reused)", (BF16 if kind == "bf16" else F32) * _widest(layers),
-         "largest layer matrix, for prefill"),
+        ("compute", f"dequantized weight ({kind}, reused)",
+         (BF16 if kind == "bf16" else F32) * max(_widest(layers, i8_takes), 1),
+         "largest layer matrix the int8 GEMM does not take, for prefill"),
         ("compute", "RoPE cos/sin tables", rope_tables(g, h) * s.ctx, f"f32, {s.ctx} positions"),
         ("compute", "norm weights (f32 copies)", norms, "private"),
-        ("compute", f"activations ({ub} tokens, buffers)", ubatch_buffer_bytes(h, ub, BF16 if kind == "bf16" else F32),
+        ("compute", f"activations ({ub} tokens, buffers)",
+         ubatch_buffer_bytes(h, ub, BF16 if kind == "bf16" and not i8_bytes else F32),
          "made at load, reused by every ubatch"),
         ("compute", f"per-ubatch rows ({ub} tokens)", int(ACT_FACTOR * F32 * ub * transient_floats_per_token(h)),
          "f32: residual, embedding, rounded query"),
@@ -108,7 +131,8 @@ def cpu_compute(g, h: Hparams, s, layers, output) -> list[tuple[str, str, int, s
         ("compute", "K/V read as f32 (one layer per cache)", kv_f32_bytes(h, s), "every cell, made at load"),
         ("compute", "logits", 2 * F32 * h.n_vocab, "f32, last token"),
         ("overhead", "torch thread pools and kernels", TORCH_WARM, "measured once: after the first matmul"),
-    ]
+    ] + ([("compute", "int8 GEMM buffers", i8_bytes, "quantized x of a ubatch, a weight panel per thread")]
+         if i8_bytes else [])
 
 
 def full_context_extra(h: Hparams, s) -> int:

@@ -41,21 +41,21 @@ MIN_CHUNK_ROWS = 64        # a matmul chunk of fewer weight rows runs below MKL'
 MIN_X_ROWS = 16            # the fewest rows of x in one block of a bf16 matmul shared out (BF16_SPLIT)
 
 
-def _prefill_mode() -> str:
-    mode = os.environ.get("CELLAR_PREFILL", "").strip().lower() or "f32"
-    if mode not in ("f32", "gemm", "q8"):
-        raise ValueError(f"CELLAR_PREFILL={mode!r}: choose f32, gemm or q8")
-    return mode
-
-
-PREFILL = _prefill_mode()
+PREFILL = cpu_features.prefill_mode()
 
 
 def use_gemm(w) -> bool:
-    """Whether a batch through w runs the native GEMM (else dequantize + matmul)."""
-    if PREFILL == "f32" or not isinstance(w, QTensor) or not kernels.gemm_supported(w):
+    """Whether a batch through w runs the native GEMV-exact GEMM (CELLAR_PREFILL=gemm / q8)."""
+    if PREFILL not in ("gemm", "q8") or not isinstance(w, QTensor) or not kernels.gemm_supported(w):
         return False
     return PREFILL == "q8" or kernels.gemm_tiled(w)
+
+
+def use_i8(w) -> bool:
+    """Whether a batch through w runs the int8 GEMM (native/src/qgemm.c): on a CPU with AVX-512 VNNI and
+    no AMX by default (cpu_features.int8_prefill), for the types and shapes it takes."""
+    return (isinstance(w, QTensor) and cpu_features.int8_prefill(mode=PREFILL)
+            and kernels.qgemm_supported(w))
 
 
 def _cpu_flags() -> frozenset[str]:
@@ -90,16 +90,22 @@ class Scratch:
     """One dequantization buffer, sized for the largest matrix it will hold, allocated (and touched)
     once; every batched linear reuses it."""
 
-    def __init__(self, n_elements: int, dtype: torch.dtype | None = None):
+    def __init__(self, n_elements: int, dtype: torch.dtype | None = None, batch_dtype: torch.dtype | None = None):
         self.buf = torch.zeros(max(int(n_elements), 1), dtype=dtype or SCRATCH_DTYPE)
         self.ubatch = None           # engine.prefill.UbatchBuffers: the batched layer's activations
+        # the type of the batched layer's activations: the scratch's, or f32 where the int8 GEMM runs (its
+        # x rounded to bf16 and then to int8 moved a Gemma-3 greedy near-tie to a 0.47 gap, over the tests'
+        # bound; f32 in and out keeps it within)
+        self.batch_dtype = batch_dtype or self.buf.dtype
 
     @classmethod
     def for_weights(cls, weights: Iterable[QTensor]) -> "Scratch":
         """Sized for the largest matrix a batch dequantizes: those without the native GEMM (on both
         real models none with CELLAR_PREFILL=gemm: the buffer is then one element; the GEMM's quantized
         x is its own buffer)."""
-        return cls(max((w.rows * w.cols for w in weights if not use_gemm(w)), default=1))
+        weights = list(weights)
+        return cls(max((w.rows * w.cols for w in weights if not use_gemm(w) and not use_i8(w)), default=1),
+                   batch_dtype=torch.float32 if any(use_i8(w) for w in weights) else None)
 
     @property
     def nbytes(self) -> int:
@@ -129,6 +135,8 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None,
         return kernels.gemv(w, x.contiguous())
     if use_gemm(w):
         return kernels.gemm(w, x.contiguous())
+    if use_i8(w):
+        return kernels.qgemm_many([w], x.contiguous(), None if out is None else [out])[0]
     if scratch is None:
         return kernels.gemv(w, x.contiguous())
     W = scratch.view(w)
@@ -153,16 +161,19 @@ def linear(x: torch.Tensor, w: QTensor, scratch: Scratch | None = None,
             # thread: Gemma-3's 512x640 by 640x2048 on 2 threads takes 3.39 / 3.51 / 3.86 ms in 2 / 4 / 8
             # blocks against 6.61 ms whole on one (pp512 medians 747 / 795 / 812 tok/s SmolLM2, 944 / ~1000 /
             # ~1030 Gemma-3 for 4 / 2 / 1 blocks a thread); two keep a late helper's share small
-            res = out if out is not None else torch.empty(n, w.rows, dtype=W.dtype)
+            conv = out is not None and out.dtype != W.dtype          # f32 buffers beside the int8 GEMM
+            res = out if out is not None and not conv else torch.empty(n, w.rows, dtype=W.dtype)
             step = max(MIN_X_ROWS, -(-n // (2 * kernels.get_threads())))
 
             def mm(r0: int, r1: int) -> None:
                 torch.mm(xs[r0:r1], W.T, out=res[r0:r1])
 
             split.run([lambda a=a: mm(a, min(a + step, n)) for a in range(0, n, step)])
+            if conv:
+                return out.copy_(res)
             return res if out is not None else res.float()
         if out is not None:
-            return torch.mm(xs, W.T, out=out)
+            return torch.mm(xs, W.T, out=out) if out.dtype == W.dtype else out.copy_(torch.mm(xs, W.T))
         return torch.mm(xs, W.T).float()
     if out is None or out.dtype != torch.float32:
         out = torch.empty(x.shape[0], w.rows, dtype=torch.float32)
@@ -185,6 +196,9 @@ def linear_many(x: torch.Tensor, ws: list[QTensor], scratch: Scratch | None = No
     if (x.shape[0] > GEMV_MAX_ROWS and len(ws) <= kernels.MULTI_MAX and all(use_gemm(w) for w in ws)
             and len({w.cols for w in ws}) == 1):
         return kernels.gemm_many(ws, x.contiguous())
+    if (x.shape[0] > GEMV_MAX_ROWS and len(ws) <= kernels.MULTI_MAX and all(use_i8(w) for w in ws)
+            and len({w.cols for w in ws}) == 1):
+        return kernels.qgemm_many(ws, x.contiguous(), outs)
     return [linear(x, w, scratch, None if outs is None else o) for w, o in zip(ws, outs or [None] * len(ws))]
 
 
@@ -196,7 +210,7 @@ def batched_dtype(n: int, ws: Iterable[QTensor], scratch: Scratch | None) -> tor
     for w in ws:
         if not isinstance(w, QTensor) or use_gemm(w) or gpu_kernels.runs_here(w):
             return None
-    return scratch.buf.dtype
+    return scratch.batch_dtype
 
 
 def get_rows(w: QTensor, ids: torch.Tensor | list[int]) -> torch.Tensor:

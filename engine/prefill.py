@@ -1,7 +1,7 @@
 """The batched layer's steps between its matmuls (RMSNorm, residual adds, RoPE, the gated feed-forward),
 and the ubatch's activation buffers they write into.
 
-    bufs = UbatchBuffers(hp, n_ubatch, scratch.buf.dtype)   # once, at load (engine/runtime.py)
+    bufs = UbatchBuffers(hp, n_ubatch, scratch.batch_dtype)   # once, at load (engine/runtime.py)
     L = layer_ops(x, ws, scratch)          # per layer: NativeOps over bufs, or TorchOps
     h = L.norm(x, w["attn_norm"], eps)     # ... as engine/models/llama.py's block reads
 
@@ -58,7 +58,7 @@ def attach_buffers(scratch: Scratch, hp, n_ubatch: int) -> None:
     is longer than the GEMV takes)."""
     from engine.ops import GEMV_MAX_ROWS
     if kernels.has_prefill_ops() and n_ubatch > GEMV_MAX_ROWS:
-        scratch.ubatch = UbatchBuffers(hp, n_ubatch, scratch.buf.dtype)
+        scratch.ubatch = UbatchBuffers(hp, n_ubatch, scratch.batch_dtype)
 
 
 def layer_ops(x: torch.Tensor, w: dict, scratch: Scratch | None) -> "TorchOps":

@@ -24,6 +24,7 @@ KINDS = [  # (kind, predicate on (file, function name))
     ("native decode layers", lambda f, n: f.endswith("decode_native.py") and n in ("layer", "all_layers")),
     ("native GEMV", lambda f, n: f.endswith("kernels.py") and n in ("gemv", "gemv_many")),
     ("native GEMM (prefill)", lambda f, n: f.endswith("kernels.py") and n in ("gemm", "gemm_many")),
+    ("native int8 GEMM (prefill)", lambda f, n: f.endswith("kernels.py") and n == "qgemm_many"),
     ("native dequantize", lambda f, n: f.endswith("kernels.py") and n == "dequantize_into"),
     ("torch matmul (linear chunks)", lambda f, n: n == "<built-in method torch.mm>"),
     ("attention (bmm, softmax)", lambda f, n: n in ("<built-in method torch.bmm>", "<method 'softmax' of 'torch._C.TensorBase' objects>")),

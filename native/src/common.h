@@ -63,6 +63,12 @@ typedef struct {
     void (*f32_to_bf16)(int n, const float *in, uint16_t *out);
     gemm_fn gemm[T_COUNT];   /* prefill tiles (gemm.c); NULL: the dot per pair (gemm_run.c) */
     pack_fn gemm_pack;       /* quantize + pack GR activation rows (gemm.c) */
+    /* int8 prefill GEMM on unpacked panels (qgemm.c, the VNNI build only; NULL elsewhere) */
+    int (*qgemm)(int n_w, const int *types, const void *const *ws, const int64_t *row_bytes, const int64_t *rows,
+                 int64_t cols, const void *x, int x_kind, int n, int64_t x_stride, void *const *outs,
+                 const int64_t *out_strides, int out_kind);
+    int (*qgemm_supports)(int type, int64_t rows, int64_t cols);
+    int64_t (*qgemm_buffer_bytes)(void);
 } kernel_table;
 
 /* ---- half precision helpers (portable) ---- */

@@ -5,14 +5,14 @@
 #include "common.h"
 #include "pool.h"
 
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 
 float cellar_f16_table[65536];
 
 #define DECLARE_ISA(sfx) \
     void register_q32_##sfx(kernel_table *); void register_qk_##sfx(kernel_table *); \
     void register_float_##sfx(kernel_table *); \
-    void register_gemm_##sfx(kernel_table *);
+    void register_gemm_##sfx(kernel_table *); void register_qgemm_##sfx(kernel_table *);
 DECLARE_ISA(scalar)
 #ifdef HAVE_AVX2
 DECLARE_ISA(avx2)
@@ -66,6 +66,7 @@ __attribute__((constructor)) static void cellar_init(void) {
             register_q32_avx512vnni(&tables[ISA_AVX512_VNNI]); register_qk_avx512vnni(&tables[ISA_AVX512_VNNI]);
             register_float_avx512vnni(&tables[ISA_AVX512_VNNI]);
             register_gemm_avx512vnni(&tables[ISA_AVX512_VNNI]);
+            register_qgemm_avx512vnni(&tables[ISA_AVX512_VNNI]);
             isa_best = ISA_AVX512_VNNI;
         }
     }

@@ -172,3 +172,26 @@ int cellar_gemm_tiled(int type) {
 
 /* bytes of the calling thread's activation buffer (grown to the largest call so far) */
 int64_t cellar_gemm_buffer_bytes(void) { return (int64_t)abuf_size; }
+
+/* the int8 GEMM on unpacked panels (qgemm.c): cellar_gemm_multi's arguments, x and the outs in f32 (kind
+ * 0) or bf16 (1); -1 where the path in use has none or a weight's type / shape is not one it takes */
+int cellar_qgemm_multi(int n_w, const int *types, const void *const *ws, const int64_t *row_bytes,
+                       const int64_t *rows, int64_t cols, const void *x, int x_kind, int n, int64_t x_stride,
+                       void *const *outs, const int64_t *out_strides, int out_kind) {
+    const kernel_table *k = cellar_kernels();
+    if (!k->qgemm) return -1;
+    for (int i = 0; i < n_w && i < GEMM_MAX; i++)
+        if (!cellar_supports(types[i], cols)) return -1;
+    return k->qgemm(n_w, types, ws, row_bytes, rows, cols, x, x_kind, n, x_stride, outs, out_strides, out_kind);
+}
+
+/* 1 when the path in use has the int8 GEMM for a weight of this type and shape */
+int cellar_qgemm_supports(int type, int64_t rows, int64_t cols) {
+    const kernel_table *k = cellar_kernels();
+    return k->qgemm_supports && type >= 0 && type < T_COUNT && k->qgemm_supports(type, rows, cols);
+}
+
+int64_t cellar_qgemm_buffer_bytes(void) {
+    const kernel_table *k = cellar_kernels();
+    return k->qgemm_buffer_bytes ? k->qgemm_buffer_bytes() : 0;
+}

@@ -1,0 +1,308 @@
+/* Prefill GEMM in int8 on AVX-512 VNNI (vpdpbusd), for CPUs without a bf16 matmul unit that beats it
+ * (Zen 4, Ice Lake; AMX machines keep the bf16 matmul): out[s, r] = x[s] . W[r] for a ubatch.
+ *
+ * Weights: a panel of 32 weight rows is unpacked, by the thread that multiplies it, from the GGUF
+ * blocks into bytes u (0..255) per 32-value block with one float scale and one float offset per row and
+ * block, w = d * u + o exactly (Q4_0: u = q, o = -8d; Q4_1: o = m; Q8_0: u = q + 128, o = -128d; Q4_K:
+ * d = d_sb * sc, o = -dmin * m; ...). A block's bytes are stored four values of one row in a dword, 32
+ * rows side by side (pblk), so one vpdpbusd adds four products into each of 16 rows' lanes.
+ * Activations: each row of x quantized once per call in blocks of 32 as the GEMV's quant_q8 does
+ * (int8, d = amax / 127 and s = d * sum, both rounded to f16: llama.cpp's q8_1).
+ * out[s, r] = sum over blocks b of  xd[s,b] * d[r,b] * (int sum of u * xq)  +  xs[s,b] * o[r,b].
+ * The tile is QR activation rows x 32 weight rows: 2 QR int32 accumulators per block, then converted
+ * and folded into 2 QR float ones; a panel (K/32 blocks of 1280 bytes) stays in L1/L2 while every row
+ * of x streams past it.
+ *
+ * Only the VNNI build has the kernel; the other builds leave the table's entry NULL and the caller
+ * takes dequantize + matmul. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include "common.h"
+#include "pool.h"
+
+#if CK_ISA == ISA_AVX512_VNNI
+#include "simd.h"
+
+#define QR 4          /* activation rows per tile */
+#define PR 32         /* weight rows per panel */
+#define QG_MAX 8      /* weights in one call */
+
+typedef struct { uint32_t q[8][PR]; float d[PR]; float o[PR]; } pblk;   /* 1280 bytes */
+
+/* ---- unpacking: one 32-value block of one weight row to bytes, scale and offset ---- */
+
+static inline void put(pblk *p, int j, __m256i u, float d, float o) {
+    uint32_t t[8] __attribute__((aligned(32)));
+    _mm256_store_si256((__m256i *)t, u);
+    for (int q = 0; q < 8; q++) p->q[q][j] = t[q];
+    p->d[j] = d; p->o[j] = o;
+}
+
+static inline __m256i nibbles(const uint8_t *qs) {   /* 16 bytes: low nibbles, then high nibbles */
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+}
+
+static inline __m256i high_bits(const uint8_t *qh) {   /* 0x10 where bit i of the 32 bits is set */
+    uint32_t x; memcpy(&x, qh, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+/* row `row` of the weight, all blocks, into column j of the panel's blocks p[0..cols/32) */
+static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
+    const int nb = cols / QK;
+    switch (type) {
+    case T_Q4_0: { const blk_q4_0 *x = (const void *)row;
+        for (int b = 0; b < nb; b++) { const float d = f16s(x[b].d); put(p + b, j, nibbles(x[b].qs), d, -8.f * d); }
+        break; }
+    case T_Q4_1: { const blk_q4_1 *x = (const void *)row;
+        for (int b = 0; b < nb; b++) put(p + b, j, nibbles(x[b].qs), f16s(x[b].d), f16s(x[b].m));
+        break; }
+    case T_Q5_0: { const blk_q5_0 *x = (const void *)row;
+        for (int b = 0; b < nb; b++) {
+            const float d = f16s(x[b].d);
+            put(p + b, j, _mm256_or_si256(nibbles(x[b].qs), high_bits(x[b].qh)), d, -16.f * d);
+        }
+        break; }
+    case T_Q5_1: { const blk_q5_1 *x = (const void *)row;
+        for (int b = 0; b < nb; b++)
+            put(p + b, j, _mm256_or_si256(nibbles(x[b].qs), high_bits(x[b].qh)), f16s(x[b].d), f16s(x[b].m));
+        break; }
+    case T_Q8_0: { const blk_q8_0 *x = (const void *)row;
+        for (int b = 0; b < nb; b++) {
+            const float d = f16s(x[b].d);
+            put(p + b, j, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x[b].qs), _mm256_set1_epi8((char)0x80)),
+                d, -128.f * d);
+        }
+        break; }
+    case T_Q4_K: case T_Q5_K: {
+        const int five = type == T_Q5_K;
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m16 = _mm256_set1_epi8(0x10);
+        for (int s = 0; s < cols / QK_K; s++) {
+            const uint8_t *scales, *qs, *qh = NULL; float d, dmin;
+            if (five) { const blk_q5_k *x = (const void *)row; x += s;
+                        scales = x->scales; qs = x->qs; qh = x->qh; d = f16s(x->d); dmin = f16s(x->dmin); }
+            else { const blk_q4_k *x = (const void *)row; x += s;
+                   scales = x->scales; qs = x->qs; d = f16s(x->d); dmin = f16s(x->dmin); }
+            const __m256i H = five ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                const __m256i Q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                __m256i lo = _mm256_and_si256(Q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(Q, 4), m4);
+                if (five) {
+                    const __m256i b1 = _mm256_set1_epi8((char)(1 << (2 * c))), b2 = _mm256_set1_epi8((char)(2 << (2 * c)));
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(H, b1), b1), m16));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(H, b2), b2), m16));
+                }
+                int sc, mn;
+                scale_min_k4(2 * c, scales, &sc, &mn);
+                put(p + 8 * s + 2 * c, j, lo, d * (float)sc, -dmin * (float)mn);
+                scale_min_k4(2 * c + 1, scales, &sc, &mn);
+                put(p + 8 * s + 2 * c + 1, j, hi, d * (float)sc, -dmin * (float)mn);
+            }
+        }
+        break; }
+    }
+}
+
+static int qgemm_type(int type) {
+    switch (type) {
+    case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: case T_Q4_K: case T_Q5_K: return 1;
+    default: return 0;
+    }
+}
+
+/* ---- activations: quant_q8's numbers (q32.c), 32 values at a time ---- */
+static inline __m512 load16(const void *x, int bf16, int64_t i) {   /* 16 values of an f32 or bf16 row */
+    if (!bf16) return _mm512_loadu_ps((const float *)x + i);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)x + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int s0, int s1, act_q8 *out) {
+    const int nb = cols / QK;
+    for (int s = s0; s < s1; s++) {
+        const void *xr = (const uint8_t *)x + (int64_t)s * x_stride * (bf16 ? 2 : 4);
+        act_q8 *y = out + (int64_t)s * nb;
+        for (int b = 0; b < nb; b++) {
+            const __m512 v0 = load16(xr, bf16, 32 * b), v1 = load16(xr, bf16, 32 * b + 16);
+            const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+            /* lrintf: round to nearest even, as cvtps2dq in the default rounding mode */
+            const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+            const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+            _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
+            const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
+            y[b].s = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
+        }
+    }
+}
+
+/* ---- the tile: rows [0, mr) of X (nb blocks a row) against one panel P ---- */
+/* 16 floats to bf16, rounded to nearest even (the f32 -> bf16 of common.h, NaN aside: products are finite) */
+static inline __m256i to_bf16(__m512 v) {
+    __m512i u = _mm512_castps_si512(v);
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
+}
+
+static inline void store32(void *out, int bf16, int64_t i, __m512 a, __m512 b) {
+    if (bf16) {
+        uint16_t *o = (uint16_t *)out + i;
+        _mm256_storeu_si256((__m256i *)o, to_bf16(a));
+        _mm256_storeu_si256((__m256i *)(o + 16), to_bf16(b));
+    } else {
+        _mm512_storeu_ps((float *)out + i, a);
+        _mm512_storeu_ps((float *)out + i + 16, b);
+    }
+}
+
+static inline __attribute__((always_inline)) void tile(int mr, int nb, const pblk *P, const act_q8 *X,
+                                                        void *out, int bf16, int64_t ost) {
+    __m512 f0[QR], f1[QR];
+    for (int r = 0; r < mr; r++) { f0[r] = _mm512_setzero_ps(); f1[r] = _mm512_setzero_ps(); }
+    for (int b = 0; b < nb; b++) {
+        const pblk *p = P + b;
+        __m512i a0[QR], a1[QR];
+        for (int r = 0; r < mr; r++) { a0[r] = _mm512_setzero_si512(); a1[r] = _mm512_setzero_si512(); }
+        _Pragma("GCC unroll 8")
+        for (int q = 0; q < 8; q++) {
+            const __m512i w0 = _mm512_load_si512(p->q[q]), w1 = _mm512_load_si512(p->q[q] + 16);
+            for (int r = 0; r < mr; r++) {
+                int32_t v; memcpy(&v, X[(int64_t)r * nb + b].qs + 4 * q, 4);
+                const __m512i xb = _mm512_set1_epi32(v);
+                a0[r] = _mm512_dpbusd_epi32(a0[r], w0, xb);
+                a1[r] = _mm512_dpbusd_epi32(a1[r], w1, xb);
+            }
+        }
+        const __m512 d0 = _mm512_load_ps(p->d), d1 = _mm512_load_ps(p->d + 16);
+        const __m512 o0 = _mm512_load_ps(p->o), o1 = _mm512_load_ps(p->o + 16);
+        for (int r = 0; r < mr; r++) {
+            const act_q8 *y = X + (int64_t)r * nb + b;
+            const __m512 xd = _mm512_set1_ps(y->d), xs = _mm512_set1_ps(y->s);
+            f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), _mm512_mul_ps(d0, xd), f0[r]);
+            f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1[r]), _mm512_mul_ps(d1, xd), f1[r]);
+            f0[r] = _mm512_fmadd_ps(o0, xs, f0[r]);
+            f1[r] = _mm512_fmadd_ps(o1, xs, f1[r]);
+        }
+    }
+    for (int r = 0; r < mr; r++) store32(out, bf16, r * ost, f0[r], f1[r]);
+}
+
+/* rows [0, n) of X against the panel, into out's columns [c0, c0 + 32) */
+static void panel_rows(int n, int nb, const pblk *P, const act_q8 *X, void *out, int bf16, int64_t ost, int64_t c0) {
+    uint8_t *o = (uint8_t *)out + c0 * (bf16 ? 2 : 4);
+    const int64_t step = QR * ost * (bf16 ? 2 : 4);
+    int s = 0;
+    for (; s + QR <= n; s += QR, o += step) tile(QR, nb, P, X + (int64_t)s * nb, o, bf16, ost);
+    switch (n - s) {
+    case 3: tile(3, nb, P, X + (int64_t)s * nb, o, bf16, ost); break;
+    case 2: tile(2, nb, P, X + (int64_t)s * nb, o, bf16, ost); break;
+    case 1: tile(1, nb, P, X + (int64_t)s * nb, o, bf16, ost); break;
+    }
+}
+
+/* ---- the job: quantize x on the pool, then panels of every weight handed out by an atomic counter ---- */
+typedef struct {
+    int n_w, cols, n, x_bf16, out_bf16;
+    const void *x; int64_t x_stride;
+    act_q8 *act;
+    int type[QG_MAX]; const uint8_t *w[QG_MAX]; int64_t row_bytes[QG_MAX];
+    void *out[QG_MAX]; int64_t out_stride[QG_MAX];
+    int64_t poff[QG_MAX + 1];   /* first panel of each weight */
+    _Atomic int64_t next;
+    _Atomic int failed;
+} qg_job;
+
+static _Thread_local void *tbuf[2];
+static _Thread_local size_t tbuf_size[2];
+
+static void *thread_buffer(int which, size_t n) {
+    if (n > tbuf_size[which]) {
+        free(tbuf[which]);
+        tbuf[which] = aligned_alloc(64, (n + 63) / 64 * 64);
+        tbuf_size[which] = tbuf[which] ? n : 0;
+    }
+    return tbuf[which];
+}
+
+/* rows in chunks from the counter: the pool does not wait for workers that have not joined (pool.c) */
+#define QUANT_ROWS 16
+static void quant_task(void *arg, int ith, int nth) {
+    qg_job *j = arg; (void)ith; (void)nth;
+    for (;;) {
+        const int s0 = (int)atomic_fetch_add(&j->next, QUANT_ROWS);
+        if (s0 >= j->n) break;
+        quant_rows(j->cols, j->x, j->x_bf16, j->x_stride, s0, s0 + QUANT_ROWS < j->n ? s0 + QUANT_ROWS : j->n, j->act);
+    }
+}
+
+static void panel_task(void *arg, int ith, int nth) {
+    qg_job *j = arg; (void)ith; (void)nth;
+    const int nb = j->cols / QK;
+    pblk *P = thread_buffer(1, (size_t)nb * sizeof(pblk));
+    if (!P) { atomic_store(&j->failed, 1); return; }
+    int i = 0;
+    for (;;) {
+        const int64_t t = atomic_fetch_add(&j->next, 1);
+        if (t >= j->poff[j->n_w]) break;
+        while (t >= j->poff[i + 1]) i++;
+        const int64_t r0 = (t - j->poff[i]) * PR;
+        for (int r = 0; r < PR; r++) unpack_row(j->type[i], j->cols, j->w[i] + (r0 + r) * j->row_bytes[i], P, r);
+        panel_rows(j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
+    }
+}
+
+/* x and every out in f32 (kind 0) or bf16 (kind 1), rows x_stride / out_strides[i] elements apart */
+static int FN(qgemm)(int n_w, const int *types, const void *const *ws, const int64_t *row_bytes,
+                     const int64_t *rows, int64_t cols, const void *x, int x_kind, int n, int64_t x_stride,
+                     void *const *outs, const int64_t *out_strides, int out_kind) {
+    if (n_w < 1 || n_w > QG_MAX || n < 0 || cols <= 0 || cols % QK || x_kind < 0 || x_kind > 1 || out_kind < 0 || out_kind > 1)
+        return -1;
+    qg_job j = {.n_w = n_w, .cols = (int)cols, .n = n, .x = x, .x_stride = x_stride, .x_bf16 = x_kind,
+                .out_bf16 = out_kind};
+    j.poff[0] = 0;
+    for (int i = 0; i < n_w; i++) {
+        if (!qgemm_type(types[i]) || rows[i] < 0 || rows[i] % PR) return -1;
+        if ((types[i] == T_Q4_K || types[i] == T_Q5_K) && cols % QK_K) return -1;
+        j.type[i] = types[i]; j.w[i] = ws[i]; j.row_bytes[i] = row_bytes[i];
+        j.out[i] = outs[i]; j.out_stride[i] = out_strides[i];
+        j.poff[i + 1] = j.poff[i] + rows[i] / PR;
+    }
+    if (n == 0 || j.poff[n_w] == 0) return 0;
+    j.act = thread_buffer(0, (size_t)n * (cols / QK) * sizeof(act_q8));
+    if (!j.act) return -2;
+    const int nth = pool_threads();
+    atomic_store(&j.next, 0);
+    pool_run(quant_task, &j, n > QUANT_ROWS ? nth : 1);
+    atomic_store(&j.next, 0);
+    atomic_store(&j.failed, 0);
+    pool_run(panel_task, &j, j.poff[n_w] > 1 ? nth : 1);
+    return atomic_load(&j.failed) ? -2 : 0;
+}
+
+static int FN(qgemm_supports)(int type, int64_t rows, int64_t cols) {
+    if (!qgemm_type(type) || rows % PR || cols <= 0 || cols % QK) return 0;
+    return !((type == T_Q4_K || type == T_Q5_K) && cols % QK_K);
+}
+
+/* bytes of the calling thread's buffers (quantized x, one panel) */
+static int64_t FN(qgemm_buffer_bytes)(void) { return (int64_t)(tbuf_size[0] + tbuf_size[1]); }
+
+void FN(register_qgemm)(kernel_table *t) {
+    t->qgemm = FN(qgemm);
+    t->qgemm_supports = FN(qgemm_supports);
+    t->qgemm_buffer_bytes = FN(qgemm_buffer_bytes);
+}
+
+#else
+
+void FN(register_qgemm)(kernel_table *t) { (void)t; }
+
+#endif
