@@ -31,8 +31,8 @@ def scratch_kind(flags: frozenset[str] | set[str] | None = None) -> str:
     return "bf16" if {"amx_bf16", "avx512_bf16"} & (cpu_flags() if flags is None else flags) else "f32"
 
 
-# ggml types the int8 prefill GEMM takes (native/src/qgemm.c): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K
-INT8_PREFILL_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13})
+# ggml types the int8 prefill GEMM takes (native/src/qgemm.c): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K
+INT8_PREFILL_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13, 14})
 INT8_PANEL_ROWS = 32          # its weights' rows come in panels of 32
 
 
@@ -63,4 +63,4 @@ def int8_takes(qtype: int, shape: tuple[int, ...]) -> bool:
     if len(shape) != 2 or int(qtype) not in INT8_PREFILL_TYPES:
         return False
     rows, cols = shape
-    return rows % INT8_PANEL_ROWS == 0 and cols % (256 if int(qtype) in (12, 13) else 32) == 0
+    return rows % INT8_PANEL_ROWS == 0 and cols % (256 if int(qtype) in (12, 13, 14) else 32) == 0

@@ -27,7 +27,7 @@ def _widest(groups, skip=lambda name, shape: False) -> int:
                 and not skip(name, shape)), default=0)
 
 
-ACT_Q8_BYTES, PANEL_BLOCK_BYTES = 40, 1280   # native/src/qgemm.c: act_q8 per 32 values; pblk per 32 columns
+ACT_Q8_BYTES, PANEL_BLOCK_BYTES = 48, 1280   # native/src/qgemm.c: qact per 32 values; pblk per 32 columns
 
 
 def int8_buffers(g, layers, ub: int, threads: int) -> tuple[int, object]:

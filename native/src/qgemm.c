@@ -30,6 +30,10 @@
 
 typedef struct { uint32_t q[8][PR]; float d[PR]; float o[PR]; } pblk;   /* 1280 bytes */
 
+/* one 32-value block of one row of x: quant_q8's d and s, and -32 x the int sums of each 16-value half
+ * (Q6_K's offset, added in the integer domain) */
+typedef struct { float d, s; int32_t m32[2]; int8_t qs[QK]; } qact;   /* 48 bytes */
+
 /* ---- unpacking: one 32-value block of one weight row to bytes, scale and offset ---- */
 
 static inline void put(pblk *p, int j, __m256i u, float d, float o) {
@@ -80,6 +84,27 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
                 d, -128.f * d);
         }
         break; }
+    case T_Q6_K: {   /* u = q (0..63); two 16-value halves per block, scales d * sc in d[] and o[] */
+        const blk_q6_k *x = (const void *)row;
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+        for (int sb = 0; sb < cols / QK_K; sb++) {
+            const float d = f16s(x[sb].d);
+            for (int c = 0; c < 2; c++) {
+                const uint8_t *ql = x[sb].ql + 64 * c, *qh = x[sb].qh + 32 * c;
+                const int8_t *sc = x[sb].scales + 8 * c;
+                const __m256i L0 = _mm256_loadu_si256((const __m256i *)ql), L1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                const __m256i H = _mm256_loadu_si256((const __m256i *)qh);
+                const __m256i g[4] = {
+                    _mm256_or_si256(_mm256_and_si256(L0, m4), _mm256_and_si256(_mm256_slli_epi16(H, 4), m30)),
+                    _mm256_or_si256(_mm256_and_si256(L1, m4), _mm256_and_si256(_mm256_slli_epi16(H, 2), m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), m4), _mm256_and_si256(H, m30)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30)),
+                };
+                for (int k = 0; k < 4; k++)
+                    put(p + 8 * sb + 4 * c + k, j, g[k], d * (float)sc[2 * k], d * (float)sc[2 * k + 1]);
+            }
+        }
+        break; }
     case T_Q4_K: case T_Q5_K: {
         const int five = type == T_Q5_K;
         const __m256i m4 = _mm256_set1_epi8(0x0F), m16 = _mm256_set1_epi8(0x10);
@@ -112,6 +137,7 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
 static int qgemm_type(int type) {
     switch (type) {
     case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: case T_Q4_K: case T_Q5_K: return 1;
+    case T_Q6_K: return 2;   /* halves */
     default: return 0;
     }
 }
@@ -123,11 +149,11 @@ static inline __m512 load16(const void *x, int bf16, int64_t i) {   /* 16 values
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int s0, int s1, act_q8 *out) {
+static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int s0, int s1, qact *out) {
     const int nb = cols / QK;
     for (int s = s0; s < s1; s++) {
         const void *xr = (const uint8_t *)x + (int64_t)s * x_stride * (bf16 ? 2 : 4);
-        act_q8 *y = out + (int64_t)s * nb;
+        qact *y = out + (int64_t)s * nb;
         for (int b = 0; b < nb; b++) {
             const __m512 v0 = load16(xr, bf16, 32 * b), v1 = load16(xr, bf16, 32 * b + 16);
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -137,7 +163,8 @@ static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int 
             const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
             _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
-            const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            const int s0 = _mm512_reduce_add_epi32(q0), s1 = _mm512_reduce_add_epi32(q1), sum = s0 + s1;
+            y[b].m32[0] = -32 * s0; y[b].m32[1] = -32 * s1;
             y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
             y[b].s = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
         }
@@ -163,56 +190,72 @@ static inline void store32(void *out, int bf16, int64_t i, __m512 a, __m512 b) {
     }
 }
 
-static inline __attribute__((always_inline)) void tile(int mr, int nb, const pblk *P, const act_q8 *X,
+/* halves = 0: one scale d and offset o per block; 1 (Q6_K): scale d for values 0..15, o for 16..31, and
+ * the offset -32 u per half in the integer sums (their accumulators start at m32) */
+static inline __attribute__((always_inline)) void tile(int mr, int halves, int nb, const pblk *P, const qact *X,
                                                         void *out, int bf16, int64_t ost) {
     __m512 f0[QR], f1[QR];
     for (int r = 0; r < mr; r++) { f0[r] = _mm512_setzero_ps(); f1[r] = _mm512_setzero_ps(); }
     for (int b = 0; b < nb; b++) {
         const pblk *p = P + b;
         __m512i a0[QR], a1[QR];
-        for (int r = 0; r < mr; r++) { a0[r] = _mm512_setzero_si512(); a1[r] = _mm512_setzero_si512(); }
-        _Pragma("GCC unroll 8")
-        for (int q = 0; q < 8; q++) {
-            const __m512i w0 = _mm512_load_si512(p->q[q]), w1 = _mm512_load_si512(p->q[q] + 16);
+        for (int h = 0; h < (halves ? 2 : 1); h++) {
             for (int r = 0; r < mr; r++) {
-                int32_t v; memcpy(&v, X[(int64_t)r * nb + b].qs + 4 * q, 4);
-                const __m512i xb = _mm512_set1_epi32(v);
-                a0[r] = _mm512_dpbusd_epi32(a0[r], w0, xb);
-                a1[r] = _mm512_dpbusd_epi32(a1[r], w1, xb);
+                a0[r] = halves ? _mm512_set1_epi32(X[(int64_t)r * nb + b].m32[h]) : _mm512_setzero_si512();
+                a1[r] = a0[r];
+            }
+            for (int q = (halves ? 4 * h : 0); q < (halves ? 4 * h + 4 : 8); q++) {
+                const __m512i w0 = _mm512_load_si512(p->q[q]), w1 = _mm512_load_si512(p->q[q] + 16);
+                for (int r = 0; r < mr; r++) {
+                    int32_t v; memcpy(&v, X[(int64_t)r * nb + b].qs + 4 * q, 4);
+                    const __m512i xb = _mm512_set1_epi32(v);
+                    a0[r] = _mm512_dpbusd_epi32(a0[r], w0, xb);
+                    a1[r] = _mm512_dpbusd_epi32(a1[r], w1, xb);
+                }
+            }
+            const float *ds = halves && h ? p->o : p->d;
+            const __m512 d0 = _mm512_load_ps(ds), d1 = _mm512_load_ps(ds + 16);
+            for (int r = 0; r < mr; r++) {
+                const __m512 xd = _mm512_set1_ps(X[(int64_t)r * nb + b].d);
+                f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), _mm512_mul_ps(d0, xd), f0[r]);
+                f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1[r]), _mm512_mul_ps(d1, xd), f1[r]);
             }
         }
-        const __m512 d0 = _mm512_load_ps(p->d), d1 = _mm512_load_ps(p->d + 16);
-        const __m512 o0 = _mm512_load_ps(p->o), o1 = _mm512_load_ps(p->o + 16);
-        for (int r = 0; r < mr; r++) {
-            const act_q8 *y = X + (int64_t)r * nb + b;
-            const __m512 xd = _mm512_set1_ps(y->d), xs = _mm512_set1_ps(y->s);
-            f0[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0[r]), _mm512_mul_ps(d0, xd), f0[r]);
-            f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1[r]), _mm512_mul_ps(d1, xd), f1[r]);
-            f0[r] = _mm512_fmadd_ps(o0, xs, f0[r]);
-            f1[r] = _mm512_fmadd_ps(o1, xs, f1[r]);
+        if (!halves) {
+            const __m512 o0 = _mm512_load_ps(p->o), o1 = _mm512_load_ps(p->o + 16);
+            for (int r = 0; r < mr; r++) {
+                const __m512 xs = _mm512_set1_ps(X[(int64_t)r * nb + b].s);
+                f0[r] = _mm512_fmadd_ps(o0, xs, f0[r]);
+                f1[r] = _mm512_fmadd_ps(o1, xs, f1[r]);
+            }
         }
     }
     for (int r = 0; r < mr; r++) store32(out, bf16, r * ost, f0[r], f1[r]);
 }
 
 /* rows [0, n) of X against the panel, into out's columns [c0, c0 + 32) */
-static void panel_rows(int n, int nb, const pblk *P, const act_q8 *X, void *out, int bf16, int64_t ost, int64_t c0) {
+#define ROWS(H) do { \
+    int s = 0; \
+    for (; s + QR <= n; s += QR, o += step) tile(QR, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); \
+    switch (n - s) { \
+    case 3: tile(3, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
+    case 2: tile(2, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
+    case 1: tile(1, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
+    } \
+} while (0)
+
+static void panel_rows(int halves, int n, int nb, const pblk *P, const qact *X, void *out, int bf16, int64_t ost,
+                       int64_t c0) {
     uint8_t *o = (uint8_t *)out + c0 * (bf16 ? 2 : 4);
     const int64_t step = QR * ost * (bf16 ? 2 : 4);
-    int s = 0;
-    for (; s + QR <= n; s += QR, o += step) tile(QR, nb, P, X + (int64_t)s * nb, o, bf16, ost);
-    switch (n - s) {
-    case 3: tile(3, nb, P, X + (int64_t)s * nb, o, bf16, ost); break;
-    case 2: tile(2, nb, P, X + (int64_t)s * nb, o, bf16, ost); break;
-    case 1: tile(1, nb, P, X + (int64_t)s * nb, o, bf16, ost); break;
-    }
+    if (halves) ROWS(1); else ROWS(0);
 }
 
 /* ---- the job: quantize x on the pool, then panels of every weight handed out by an atomic counter ---- */
 typedef struct {
     int n_w, cols, n, x_bf16, out_bf16;
     const void *x; int64_t x_stride;
-    act_q8 *act;
+    qact *act;
     int type[QG_MAX]; const uint8_t *w[QG_MAX]; int64_t row_bytes[QG_MAX];
     void *out[QG_MAX]; int64_t out_stride[QG_MAX];
     int64_t poff[QG_MAX + 1];   /* first panel of each weight */
@@ -255,7 +298,7 @@ static void panel_task(void *arg, int ith, int nth) {
         while (t >= j->poff[i + 1]) i++;
         const int64_t r0 = (t - j->poff[i]) * PR;
         for (int r = 0; r < PR; r++) unpack_row(j->type[i], j->cols, j->w[i] + (r0 + r) * j->row_bytes[i], P, r);
-        panel_rows(j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
+        panel_rows(qgemm_type(j->type[i]) == 2, j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
     }
 }
 
@@ -270,13 +313,13 @@ static int FN(qgemm)(int n_w, const int *types, const void *const *ws, const int
     j.poff[0] = 0;
     for (int i = 0; i < n_w; i++) {
         if (!qgemm_type(types[i]) || rows[i] < 0 || rows[i] % PR) return -1;
-        if ((types[i] == T_Q4_K || types[i] == T_Q5_K) && cols % QK_K) return -1;
+        if ((types[i] == T_Q4_K || types[i] == T_Q5_K || types[i] == T_Q6_K) && cols % QK_K) return -1;
         j.type[i] = types[i]; j.w[i] = ws[i]; j.row_bytes[i] = row_bytes[i];
         j.out[i] = outs[i]; j.out_stride[i] = out_strides[i];
         j.poff[i + 1] = j.poff[i] + rows[i] / PR;
     }
     if (n == 0 || j.poff[n_w] == 0) return 0;
-    j.act = thread_buffer(0, (size_t)n * (cols / QK) * sizeof(act_q8));
+    j.act = thread_buffer(0, (size_t)n * (cols / QK) * sizeof(qact));
     if (!j.act) return -2;
     const int nth = pool_threads();
     atomic_store(&j.next, 0);
@@ -289,7 +332,7 @@ static int FN(qgemm)(int n_w, const int *types, const void *const *ws, const int
 
 static int FN(qgemm_supports)(int type, int64_t rows, int64_t cols) {
     if (!qgemm_type(type) || rows % PR || cols <= 0 || cols % QK) return 0;
-    return !((type == T_Q4_K || type == T_Q5_K) && cols % QK_K);
+    return !((type == T_Q4_K || type == T_Q5_K || type == T_Q6_K) && cols % QK_K);
 }
 
 /* bytes of the calling thread's buffers (quantized x, one panel) */
