@@ -4,23 +4,31 @@
     y = linear(x, w, scratch)                 # x f32 [n, cols] -> f32 [n, rows]
     e = get_rows(token_embd, ids)             # f32 [len(ids), cols]: only the looked-up rows
 
-Few rows (decode) run the native GEMV on the raw blocks. A batch (prefill) dequantizes the weight
-into the reused scratch and runs matmuls: with a bf16 scratch the whole weight dequantized on the native
-pool and one matmul; with an f32 one in row chunks shared between threads (engine/split.py); or,
-with CELLAR_PREFILL=gemm, the native GEMM on the raw blocks where it has a tile kernel for the type (x
-quantized once as the GEMV does; every output bitwise equal to the GEMV's, so prefill and decode
-compute alike; no f32 copy of a weight).
+Few rows (decode) run the native GEMV on the raw blocks. A batch (prefill) takes one of:
+- the int8 GEMM (native/src/qgemm.c) on a CPU with AVX-512 VNNI and no AMX (Zen 4, Ice Lake): x quantized
+  once per call in blocks of 32 as llama.cpp's q8_1, the weight's blocks unpacked exactly into 32-row
+  panels of bytes by the thread that multiplies them (no dequantized copy, no scratch), vpdpbusd at
+  ~140-155 GMAC/s a core against the bf16 matmul's ~95 (2-core Zen 4). Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/
+  Q5_K/Q6_K with rows a multiple of 32; the batched layer's buffers are then f32 (Scratch.batch_dtype).
+- dequantize the weight into the reused scratch and matmul: with a bf16 scratch the whole weight
+  dequantized on the native pool and one matmul (shared out in blocks of x's rows without AMX,
+  BF16_SPLIT); with an f32 one in row chunks shared between threads (engine/split.py).
+- with CELLAR_PREFILL=gemm, the native GEMM on the raw blocks where it has a tile kernel for the type (x
+  quantized as the GEMV does; every output bitwise equal to the GEMV's, so prefill and decode compute
+  alike).
 The scratch is f32 unless the CPU has a bf16 matmul unit (AMX or AVX-512 BF16): without one, a bf16
 matmul is 6-8x slower than f32, and the buffer is only a few MiB (the largest layer matrix).
 
-CELLAR_PREFILL=f32 (the default) keeps every batch on dequantize + matmul; =gemm as above; =q8 sends
-every quantized type to the native GEMM (even where it only has the dot per pair: exact, slower).
-Why f32 stays the default: on this AVX2 machine (Zen 3; n = 512, one thread, tools/gemm_bench.py) the
-GEMM is 1.19-1.38x the matmul on Q4_K/Q5_K/Q6_K but 0.80-1.00x on Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 (a 32-value
-block costs maddubs + madd + an FMA per activation row, on the two pipes f32 FMAs use), and it moves
-greedy near-ties: with it on every tiled type Gemma-3's bf16-KV run meets a 0.35 llama.cpp gap at
-step 34 of 'long', with it on the k-quants only the f16 run a 0.42 gap at step 11 of 'chat', over
-the 0.3 tests/engine/test_runtime.py allows (on f32 all of them pass).
+CELLAR_PREFILL=auto (the default) takes the int8 GEMM where the CPU has it as above and dequantize +
+matmul elsewhere; =i8 the int8 GEMM wherever the library has it (AMX machines too); =f32 dequantize +
+matmul always; =gemm as above; =q8 sends every quantized type to the GEMV-exact GEMM (even where it only
+has the dot per pair: exact, slower).
+Why the GEMV-exact GEMM is not the default: on an AVX2 machine (Zen 3; n = 512, one thread,
+tools/gemm_bench.py) it is 1.19-1.38x the matmul on Q4_K/Q5_K/Q6_K but 0.80-1.00x on Q4_0/Q4_1/Q5_0/
+Q5_1/Q8_0 (a 32-value block costs maddubs + madd + an FMA per activation row, on the two pipes f32 FMAs
+use), and it moves greedy near-ties past the tests' bounds (Gemma-3 bf16-KV 'long' at 0.35, f16 'chat' at
+0.42). The int8 GEMM passes them: its outputs are not rounded to bf16, its k-quant activations take a
+scale per 32 values (the GEMV's q8_K one per 256).
 """
 from __future__ import annotations
 

@@ -30,9 +30,9 @@
 
 typedef struct { uint32_t q[8][PR]; float d[PR]; float o[PR]; } pblk;   /* 1280 bytes */
 
-/* one 32-value block of one row of x: quant_q8's d and s, and -32 x the int sums of each 16-value half
- * (Q6_K's offset, added in the integer domain) */
-typedef struct { float d, s; int32_t m32[2]; int8_t qs[QK]; } qact;   /* 48 bytes */
+/* one 32-value block of one row of x: quant_q8's d and s, and the int sums of each 16-value half (for
+ * the offsets that are a whole number of d: Q4_0 Q5_0 Q8_0 Q6_K, added in the integer domain) */
+typedef struct { float d, s; int32_t sum16[2]; int8_t qs[QK]; } qact;   /* 48 bytes */
 
 /* ---- unpacking: one 32-value block of one weight row to bytes, scale and offset ---- */
 
@@ -62,7 +62,7 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
     const int nb = cols / QK;
     switch (type) {
     case T_Q4_0: { const blk_q4_0 *x = (const void *)row;
-        for (int b = 0; b < nb; b++) { const float d = f16s(x[b].d); put(p + b, j, nibbles(x[b].qs), d, -8.f * d); }
+        for (int b = 0; b < nb; b++) { const float d = f16s(x[b].d); put(p + b, j, nibbles(x[b].qs), d, 0.f); }
         break; }
     case T_Q4_1: { const blk_q4_1 *x = (const void *)row;
         for (int b = 0; b < nb; b++) put(p + b, j, nibbles(x[b].qs), f16s(x[b].d), f16s(x[b].m));
@@ -70,7 +70,7 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
     case T_Q5_0: { const blk_q5_0 *x = (const void *)row;
         for (int b = 0; b < nb; b++) {
             const float d = f16s(x[b].d);
-            put(p + b, j, _mm256_or_si256(nibbles(x[b].qs), high_bits(x[b].qh)), d, -16.f * d);
+            put(p + b, j, _mm256_or_si256(nibbles(x[b].qs), high_bits(x[b].qh)), d, 0.f);
         }
         break; }
     case T_Q5_1: { const blk_q5_1 *x = (const void *)row;
@@ -81,7 +81,7 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
         for (int b = 0; b < nb; b++) {
             const float d = f16s(x[b].d);
             put(p + b, j, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x[b].qs), _mm256_set1_epi8((char)0x80)),
-                d, -128.f * d);
+                d, 0.f);
         }
         break; }
     case T_Q6_K: {   /* u = q (0..63); two 16-value halves per block, scales d * sc in d[] and o[] */
@@ -136,8 +136,19 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
 
 static int qgemm_type(int type) {
     switch (type) {
-    case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: case T_Q4_K: case T_Q5_K: return 1;
-    case T_Q6_K: return 2;   /* halves */
+    case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 1;
+    default: return 0;
+    }
+}
+
+/* w = d * (u - c) with c a whole number: -c x the sum of x's ints starts the integer sums (exact, as the
+ * GEMV's own arithmetic is); 0: a float offset o per row and block, times s */
+static int int_offset(int type) {
+    switch (type) {
+    case T_Q4_0: return 8;
+    case T_Q5_0: return 16;
+    case T_Q8_0: return 128;
+    case T_Q6_K: return 32;
     default: return 0;
     }
 }
@@ -164,7 +175,7 @@ static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int 
             _mm_storeu_si128((__m128i *)y[b].qs, _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128((__m128i *)(y[b].qs + 16), _mm512_cvtepi32_epi8(q1));
             const int s0 = _mm512_reduce_add_epi32(q0), s1 = _mm512_reduce_add_epi32(q1), sum = s0 + s1;
-            y[b].m32[0] = -32 * s0; y[b].m32[1] = -32 * s1;
+            y[b].sum16[0] = s0; y[b].sum16[1] = s1;
             y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
             y[b].s = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
         }
@@ -190,10 +201,11 @@ static inline void store32(void *out, int bf16, int64_t i, __m512 a, __m512 b) {
     }
 }
 
-/* halves = 0: one scale d and offset o per block; 1 (Q6_K): scale d for values 0..15, o for 16..31, and
- * the offset -32 u per half in the integer sums (their accumulators start at m32) */
-static inline __attribute__((always_inline)) void tile(int mr, int halves, int nb, const pblk *P, const qact *X,
-                                                        void *out, int bf16, int64_t ost) {
+/* halves = 0: one scale d per block; 1 (Q6_K): scale d for values 0..15, o for 16..31. ioff: the integer
+ * offset c of int_offset (the accumulators start at -c x the sum of x's ints over the block or half), or
+ * 0: the float offset o times s */
+static inline __attribute__((always_inline)) void tile(int mr, int halves, int ioff, int nb, const pblk *P,
+                                                        const qact *X, void *out, int bf16, int64_t ost) {
     __m512 f0[QR], f1[QR];
     for (int r = 0; r < mr; r++) { f0[r] = _mm512_setzero_ps(); f1[r] = _mm512_setzero_ps(); }
     for (int b = 0; b < nb; b++) {
@@ -201,7 +213,9 @@ static inline __attribute__((always_inline)) void tile(int mr, int halves, int n
         __m512i a0[QR], a1[QR];
         for (int h = 0; h < (halves ? 2 : 1); h++) {
             for (int r = 0; r < mr; r++) {
-                a0[r] = halves ? _mm512_set1_epi32(X[(int64_t)r * nb + b].m32[h]) : _mm512_setzero_si512();
+                const int32_t *sm = X[(int64_t)r * nb + b].sum16;
+                a0[r] = halves ? _mm512_set1_epi32(-ioff * sm[h])
+                               : ioff ? _mm512_set1_epi32(-ioff * (sm[0] + sm[1])) : _mm512_setzero_si512();
                 a1[r] = a0[r];
             }
             for (int q = (halves ? 4 * h : 0); q < (halves ? 4 * h + 4 : 8); q++) {
@@ -221,7 +235,7 @@ static inline __attribute__((always_inline)) void tile(int mr, int halves, int n
                 f1[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1[r]), _mm512_mul_ps(d1, xd), f1[r]);
             }
         }
-        if (!halves) {
+        if (!halves && !ioff) {
             const __m512 o0 = _mm512_load_ps(p->o), o1 = _mm512_load_ps(p->o + 16);
             for (int r = 0; r < mr; r++) {
                 const __m512 xs = _mm512_set1_ps(X[(int64_t)r * nb + b].s);
@@ -234,21 +248,27 @@ static inline __attribute__((always_inline)) void tile(int mr, int halves, int n
 }
 
 /* rows [0, n) of X against the panel, into out's columns [c0, c0 + 32) */
-#define ROWS(H) do { \
+#define ROWS(H, C) do { \
     int s = 0; \
-    for (; s + QR <= n; s += QR, o += step) tile(QR, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); \
+    for (; s + QR <= n; s += QR, o += step) tile(QR, H, C, nb, P, X + (int64_t)s * nb, o, bf16, ost); \
     switch (n - s) { \
-    case 3: tile(3, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
-    case 2: tile(2, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
-    case 1: tile(1, H, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
+    case 3: tile(3, H, C, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
+    case 2: tile(2, H, C, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
+    case 1: tile(1, H, C, nb, P, X + (int64_t)s * nb, o, bf16, ost); break; \
     } \
 } while (0)
 
-static void panel_rows(int halves, int n, int nb, const pblk *P, const qact *X, void *out, int bf16, int64_t ost,
+static void panel_rows(int type, int n, int nb, const pblk *P, const qact *X, void *out, int bf16, int64_t ost,
                        int64_t c0) {
     uint8_t *o = (uint8_t *)out + c0 * (bf16 ? 2 : 4);
     const int64_t step = QR * ost * (bf16 ? 2 : 4);
-    if (halves) ROWS(1); else ROWS(0);
+    switch (int_offset(type)) {
+    case 32: ROWS(1, 32); break;      /* Q6_K */
+    case 8: ROWS(0, 8); break;
+    case 16: ROWS(0, 16); break;
+    case 128: ROWS(0, 128); break;
+    default: ROWS(0, 0); break;
+    }
 }
 
 /* ---- the job: quantize x on the pool, then panels of every weight handed out by an atomic counter ---- */
@@ -298,7 +318,7 @@ static void panel_task(void *arg, int ith, int nth) {
         while (t >= j->poff[i + 1]) i++;
         const int64_t r0 = (t - j->poff[i]) * PR;
         for (int r = 0; r < PR; r++) unpack_row(j->type[i], j->cols, j->w[i] + (r0 + r) * j->row_bytes[i], P, r);
-        panel_rows(qgemm_type(j->type[i]) == 2, j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
+        panel_rows(j->type[i], j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
     }
 }
 

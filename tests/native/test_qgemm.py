@@ -31,9 +31,6 @@ needs_qgemm = pytest.mark.skipif(
 QG_TYPES = [q for q in F16_FIELDS if _takes(q)]
 REQUIRED = {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
             GGMLType.Q4_K, GGMLType.Q5_K}
-# types whose offset (-8d, -16d, -128d) the kernel applies as o * s, s = f16(d_x * sum(xq)): see
-# test_qgemm_is_the_product_of_the_q8_rounded_x
-SYMMETRIC_OFFSET = {GGMLType.Q4_0, GGMLType.Q5_0, GGMLType.Q8_0}
 ROWS_FOR_N = {1: 32, 3: 96, 9: 64, 37: 160, 130: 64}      # rows: multiples of 32 (whole panels)
 
 
@@ -129,19 +126,13 @@ def test_qgemm_against_float64_oracle(qtype, n, threads):
 @needs_qgemm
 @pytest.mark.parametrize("qtype", QG_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("xkind", ["randn", "offset"])
-def test_qgemm_is_the_product_of_the_q8_rounded_x(qtype, xkind, request):
+def test_qgemm_is_the_product_of_the_q8_rounded_x(qtype, xkind):
     """Beyond rounding x to q8 the kernel only adds f32 rounding (and, for Q4_1 / Q5_1 / Q4_K / Q5_K
     whose blocks have a real offset, the f16 rounding of s = d * sum(q), as llama.cpp's q8_1 and the
-    GEMV do): within 2e-4 of the float64 product of the q8-rounded x.
-
-    Known to fail for Q4_0 / Q5_0 / Q8_0: their constant offset (-8d, -16d, -128d) is applied as
-    o * f16(d_x * sum(xq)), so the f16 rounding of s is multiplied by 8..128 and adds 1e-3..4e-3 (of
-    the largest output) over the q8 rounding, 1.5-1.8x the GEMV's whole error on activations with a
-    common offset; the GEMV has none of it (its offsets are integer). Folding -8 / -16 / -128 x sum(xq)
-    into the int32 sums (as Q6_K's m32) or keeping s in f32 for these types would remove it."""
-    if qtype in SYMMETRIC_OFFSET:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="qgemm.c applies the -8d/-16d/-128d offset through the f16-rounded s"))
+    GEMV do): within 2e-4 of the float64 product of the q8-rounded x. Q4_0 / Q5_0 / Q8_0 / Q6_K take
+    their whole-number offsets (-8d, -16d, -128d, -32d) in the integer sums; through o * f16(s) the f16
+    rounding of s was multiplied by 8..128 (1e-3..4e-3 of the largest output on x with a common offset,
+    1.5-1.8x the GEMV's whole error), which the 'offset' case catches."""
     rows, cols, n = 64, _cols(qtype), 37
     w = random_qtensor(qtype, rows, cols, seed=7 + int(qtype))
     x = (_x if xkind == "randn" else _x_dc)(n, cols, seed=3)
