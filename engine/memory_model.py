@@ -64,7 +64,8 @@ def ubatch_buffer_bytes(h: Hparams, ub: int, elt: int) -> int:
     n_q = max(h.n_head) * h.head_dim_k
     n_a = max(h.n_head) * h.head_dim_v
     k, v = max(h.kv_width(il) for il in range(h.n_layer))
-    return ub * (elt * (2 * h.n_embd + n_q + k + v + n_a + 2 * max(h.n_ff)) + F32 * (n_q + k + v))
+    roped = F32 * (n_q + k + v) if elt != F32 else 0      # f32 products are roped in place
+    return ub * (elt * (2 * h.n_embd + n_q + k + v + n_a + 2 * max(h.n_ff)) + roped)
 
 
 def transient_floats_per_token(h: Hparams) -> int:

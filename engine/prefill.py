@@ -40,8 +40,9 @@ class UbatchBuffers:
         nv, na = hp.n_head_kv * hp.head_dim_v, hp.n_head * hp.head_dim_v
         self.rows, self.dtype = rows, dtype
         widths = {"h": (hp.n_embd, dtype), "q": (nq, dtype), "k": (nk, dtype), "v": (nv, dtype),
-                  "qr": (nq, torch.float32), "kr": (nk, torch.float32), "vf": (nv, torch.float32),
                   "a": (na, dtype), "o": (hp.n_embd, dtype), "gate": (hp.n_ff, dtype), "up": (hp.n_ff, dtype)}
+        if dtype != torch.float32:       # f32 products are roped in place and are the cache's f32 V already
+            widths.update({"qr": (nq, torch.float32), "kr": (nk, torch.float32), "vf": (nv, torch.float32)})
         with torch.inference_mode(False):
             self.t = {name: torch.zeros(rows, cols, dtype=dt) for name, (cols, dt) in widths.items()}
 
@@ -141,7 +142,13 @@ class NativeOps(TorchOps):
         return linear_many(h, ws, self.scratch, [self.b.get(s, self.n) for s in slots])
 
     def rope(self, t, heads, head_dim, rope, pos, slot, norm_w=None, eps=0.0, scale=1.0):
-        out = self.b.get(slot + "r", self.n)
+        if slot + "r" in self.b.t:
+            out = self.b.get(slot + "r", self.n)
+        elif (t.dtype == torch.float32 and t.is_contiguous() and slot in self.b.t
+              and t.data_ptr() == self.b.t[slot].data_ptr()):
+            out = t      # f32 buffers: the product roped in place (each row is read whole before it is written)
+        else:
+            out = torch.empty(self.n, heads * head_dim, dtype=torch.float32)
         if out.shape[1] != heads * head_dim or t.shape[1] != heads * head_dim:
             raise ValueError(f"rope: {heads} x {head_dim} values per row, got {t.shape[1]} into {out.shape[1]}")
         cos, sin = rope.angles(pos)
