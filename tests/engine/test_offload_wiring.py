@@ -43,6 +43,7 @@ def _torch_path(mp: pytest.MonkeyPatch) -> None:
     """The CPU reference on the torch path the offloaded layers take (see the module's doc)."""
     mp.setenv("CELLAR_NATIVE_DECODE", "0")
     mp.setattr(kernels, "has_prefill_ops", lambda: False)
+    mp.setattr(ops, "PREFILL", "f32")        # the device's dequantize + matmul, not the CPU's int8 GEMM
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,7 @@ def test_torch_device_kernels_end_to_end(smollm2_path, monkeypatch):
     does: the native ones' SiLU is ggml's exp, a few ulps from torch's, 1e-3 of the logits after 30
     layers.)"""
     monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.float32)
+    monkeypatch.setattr(ops, "PREFILL", "f32")     # dequantize + matmul, not the CPU's int8 GEMM
     monkeypatch.setattr(kernels, "has_prefill_ops", lambda: False)
     monkeypatch.setenv("CELLAR_NATIVE_DECODE", "0")
     cpu = _load(smollm2_path)
