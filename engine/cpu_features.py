@@ -31,9 +31,13 @@ def scratch_kind(flags: frozenset[str] | set[str] | None = None) -> str:
     return "bf16" if {"amx_bf16", "avx512_bf16"} & (cpu_flags() if flags is None else flags) else "f32"
 
 
-# ggml types the int8 prefill GEMM takes (native/src/qgemm.c): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K
+# ggml types the int8 prefill GEMM takes (native/src/qgemm.c): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K with
+# VNNI; the AVX2 kernel (vpmaddubsw) all but Q8_0, whose bytes would saturate its int16 pair sums
 INT8_PREFILL_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13, 14})
+INT8_AVX2_TYPES = INT8_PREFILL_TYPES - {8}
 INT8_PANEL_ROWS = 32          # its weights' rows come in panels of 32
+# the AVX2 kernel by default where there is no VNNI: see int8_prefill
+INT8_AVX2_DEFAULT = True
 
 
 def prefill_mode() -> str:
@@ -45,22 +49,35 @@ def prefill_mode() -> str:
     return mode
 
 
+def int8_kernel(flags: frozenset[str] | set[str] | None = None) -> str | None:
+    """Which int8 GEMM the native library runs here: "vnni" (AVX-512 VNNI), "avx2", or None (no AVX2, or
+    CELLAR_ISA=scalar); CELLAR_ISA caps it as it caps the library's path (engine/kernels.py)."""
+    flags = cpu_flags() if flags is None else flags
+    isa = os.environ.get("CELLAR_ISA", "").strip().lower()
+    if isa in ("", "avx512-vnni") and {"avx512_vnni", "avx512f", "avx512bw", "avx512vl"} <= flags:
+        return "vnni"
+    if isa != "scalar" and {"avx2", "fma", "f16c"} <= flags:
+        return "avx2"
+    return None
+
+
 def int8_prefill(flags: frozenset[str] | set[str] | None = None, mode: str | None = None) -> bool:
-    """Whether a batch runs the int8 GEMM (AVX-512 VNNI) on the weights it takes: CELLAR_PREFILL=i8, or
-    auto on a CPU with AVX-512 VNNI and no AMX (AMX multiplies bf16 faster still; without VNNI the int8
-    products cost as much as f32 FMAs)."""
+    """Whether a batch runs the int8 GEMM on the weights it takes: CELLAR_PREFILL=i8 wherever the library
+    has it, or auto on a CPU without AMX (AMX multiplies bf16 faster still)."""
     mode = prefill_mode() if mode is None else mode
     flags = cpu_flags() if flags is None else flags
-    if os.environ.get("CELLAR_ISA", "").strip().lower() not in ("", "avx512-vnni"):   # a lower path chosen
+    kernel = int8_kernel(flags)
+    if kernel is None or mode not in ("auto", "i8"):
         return False
     if mode == "i8":
         return True
-    return mode == "auto" and "avx512_vnni" in flags and "amx_bf16" not in flags
+    return "amx_bf16" not in flags and (kernel == "vnni" or INT8_AVX2_DEFAULT)
 
 
-def int8_takes(qtype: int, shape: tuple[int, ...]) -> bool:
-    """Whether the int8 GEMM takes a weight of this ggml type and torch-order shape (rows, cols)."""
-    if len(shape) != 2 or int(qtype) not in INT8_PREFILL_TYPES:
+def int8_takes(qtype: int, shape: tuple[int, ...], flags: frozenset[str] | set[str] | None = None) -> bool:
+    """Whether the int8 GEMM takes a weight of this ggml type and torch-order shape (rows, cols) here."""
+    types = INT8_PREFILL_TYPES if int8_kernel(flags) == "vnni" else INT8_AVX2_TYPES
+    if len(shape) != 2 or int(qtype) not in types:
         return False
     rows, cols = shape
     return rows % INT8_PANEL_ROWS == 0 and cols % (256 if int(qtype) in (12, 13, 14) else 32) == 0

@@ -5,11 +5,13 @@
     e = get_rows(token_embd, ids)             # f32 [len(ids), cols]: only the looked-up rows
 
 Few rows (decode) run the native GEMV on the raw blocks. A batch (prefill) takes one of:
-- the int8 GEMM (native/src/qgemm.c) on a CPU with AVX-512 VNNI and no AMX (Zen 4, Ice Lake): x quantized
-  once per call in blocks of 32 as llama.cpp's q8_1, the weight's blocks unpacked exactly into 32-row
-  panels of bytes by the thread that multiplies them (no dequantized copy, no scratch), vpdpbusd at
-  ~140-155 GMAC/s a core against the bf16 matmul's ~95 (2-core Zen 4). Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/
-  Q5_K/Q6_K with rows a multiple of 32; the batched layer's buffers are then f32 (Scratch.batch_dtype).
+- the int8 GEMM (native/src/qgemm.c) on a CPU without AMX: x quantized once per call in blocks of 32 as
+  llama.cpp's q8_1, the weight's blocks unpacked exactly into 32-row panels of bytes by the thread that
+  multiplies them (no dequantized copy, no scratch). With AVX-512 VNNI (Zen 4, Ice Lake) vpdpbusd at
+  ~140-170 GMAC/s a core against the bf16 matmul's ~95 (2-core Zen 4); with AVX2 vpmaddubsw, the same
+  bits at ~70-85 (Zen 4 running the AVX2 build; the f32 matmul there ~70, before dequantizing).
+  Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K (and Q8_0 with VNNI) with rows a multiple of 32; the batched
+  layer's buffers are then f32 (Scratch.batch_dtype).
 - dequantize the weight into the reused scratch and matmul: with a bf16 scratch the whole weight
   dequantized on the native pool and one matmul (shared out in blocks of x's rows without AMX,
   BF16_SPLIT); with an f32 one in row chunks shared between threads (engine/split.py).
@@ -20,7 +22,7 @@ The scratch is f32 unless the CPU has a bf16 matmul unit (AMX or AVX-512 BF16): 
 matmul is 6-8x slower than f32, and the buffer is only a few MiB (the largest layer matrix).
 
 CELLAR_PREFILL=auto (the default) takes the int8 GEMM where the CPU has it as above and dequantize +
-matmul elsewhere; =i8 the int8 GEMM wherever the library has it (AMX machines too); =f32 dequantize +
+matmul elsewhere (AMX, no AVX2); =i8 the int8 GEMM wherever the library has it (AMX machines too); =f32 dequantize +
 matmul always; =gemm as above; =q8 sends every quantized type to the GEMV-exact GEMM (even where it only
 has the dot per pair: exact, slower).
 Why the GEMV-exact GEMM is not the default: on an AVX2 machine (Zen 3; n = 512, one thread,

@@ -52,6 +52,7 @@ __attribute__((constructor)) static void cellar_init(void) {
         register_q32_avx2(&tables[ISA_AVX2]); register_qk_avx2(&tables[ISA_AVX2]);
         register_float_avx2(&tables[ISA_AVX2]);
         register_gemm_avx2(&tables[ISA_AVX2]);
+        register_qgemm_avx2(&tables[ISA_AVX2]);
         isa_best = ISA_AVX2;
     }
 #endif
@@ -61,6 +62,7 @@ __attribute__((constructor)) static void cellar_init(void) {
         register_q32_avx512(&tables[ISA_AVX512]); register_qk_avx512(&tables[ISA_AVX512]);
         register_float_avx512(&tables[ISA_AVX512]);
         register_gemm_avx512(&tables[ISA_AVX512]);
+        register_qgemm_avx512(&tables[ISA_AVX512]);
         isa_best = ISA_AVX512;
         if (__builtin_cpu_supports("avx512vnni")) {
             register_q32_avx512vnni(&tables[ISA_AVX512_VNNI]); register_qk_avx512vnni(&tables[ISA_AVX512_VNNI]);

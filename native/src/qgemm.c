@@ -1,27 +1,31 @@
-/* Prefill GEMM in int8 on AVX-512 VNNI (vpdpbusd), for CPUs without a bf16 matmul unit that beats it
- * (Zen 4, Ice Lake; AMX machines keep the bf16 matmul): out[s, r] = x[s] . W[r] for a ubatch.
+/* Prefill GEMM in int8 for CPUs without a bf16 matmul unit that beats it (AMX machines keep the bf16
+ * matmul): out[s, r] = x[s] . W[r] for a ubatch. Two kernels: AVX-512 VNNI (vpdpbusd: Zen 4, Ice Lake)
+ * and AVX2 (vpmaddubsw: Zen 2/3, Haswell on; also the AVX-512 build without VNNI). They give the same
+ * bits: the integer sums are exact and the float steps are the same, lane for lane.
  *
  * Weights: a panel of 32 weight rows is unpacked, by the thread that multiplies it, from the GGUF
  * blocks into bytes u (0..255) per 32-value block with one float scale and one float offset per row and
- * block, w = d * u + o exactly (Q4_0: u = q, o = -8d; Q4_1: o = m; Q8_0: u = q + 128, o = -128d; Q4_K:
- * d = d_sb * sc, o = -dmin * m; ...). A block's bytes are stored four values of one row in a dword, 32
- * rows side by side (pblk), so one vpdpbusd adds four products into each of 16 rows' lanes.
+ * block, w = d * u + o exactly (Q4_1: o = m; Q4_K: d = d_sb * sc, o = -dmin * m; ...; where the offset
+ * is a whole number c of d (Q4_0 8, Q5_0 16, Q8_0 128, Q6_K 32) it goes into the integer sums instead,
+ * as -c x the sum of x's ints; Q6_K keeps a scale per 16-value half, in d and o). A block's bytes are
+ * stored four values of one row in a dword, 32 rows side by side (pblk), so one vpdpbusd adds four
+ * products into each of 16 rows' lanes.
  * Activations: each row of x quantized once per call in blocks of 32 as the GEMV's quant_q8 does
  * (int8, d = amax / 127 and s = d * sum, both rounded to f16: llama.cpp's q8_1).
  * out[s, r] = sum over blocks b of  xd[s,b] * d[r,b] * (int sum of u * xq)  +  xs[s,b] * o[r,b].
- * The tile is QR activation rows x 32 weight rows: 2 QR int32 accumulators per block, then converted
- * and folded into 2 QR float ones; a panel (K/32 blocks of 1280 bytes) stays in L1/L2 while every row
- * of x streams past it.
+ * VNNI tile: QR activation rows x 32 weight rows, 2 QR int32 accumulators per block, converted and
+ * folded into 2 QR float ones; AVX2 tile: 2 rows x 16 weight rows, a few quads' products summed in int16
+ * first (u <= 15: 8 quads; <= 31: 4; <= 63: 2, under vpmaddubsw's 32767), Q8_0 left to dequantize +
+ * matmul. A panel (K/32 blocks of 1280 bytes) stays in L1/L2 while every row of x streams past it.
  *
- * Only the VNNI build has the kernel; the other builds leave the table's entry NULL and the caller
- * takes dequantize + matmul. */
+ * The scalar build leaves the table's entry NULL and the caller takes dequantize + matmul. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include "common.h"
 #include "pool.h"
 
-#if CK_ISA == ISA_AVX512_VNNI
+#if CK_ISA >= ISA_AVX2
 #include "simd.h"
 
 #define QR 4          /* activation rows per tile */
@@ -136,7 +140,10 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
 
 static int qgemm_type(int type) {
     switch (type) {
-    case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 1;
+    case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 1;
+#if CK_ISA == ISA_AVX512_VNNI
+    case T_Q8_0: return 1;   /* u = q + 128: a pair's products would saturate vpmaddubsw's int16 */
+#endif
     default: return 0;
     }
 }
@@ -153,6 +160,7 @@ static int int_offset(int type) {
     }
 }
 
+#if CK_ISA == ISA_AVX512_VNNI
 /* ---- activations: quant_q8's numbers (q32.c), 32 values at a time ---- */
 static inline __m512 load16(const void *x, int bf16, int64_t i) {   /* 16 values of an f32 or bf16 row */
     if (!bf16) return _mm512_loadu_ps((const float *)x + i);
@@ -270,6 +278,150 @@ static void panel_rows(int type, int n, int nb, const pblk *P, const qact *X, vo
     default: ROWS(0, 0); break;
     }
 }
+
+#else   /* AVX2 (and AVX-512 without VNNI): vpmaddubsw */
+
+/* ---- activations: quant_q8's numbers (q32.c), 32 values at a time ---- */
+static inline __m256 load8(const void *x, int bf16, int64_t i) {   /* 8 values of an f32 or bf16 row */
+    if (!bf16) return _mm256_loadu_ps((const float *)x + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline int hsum8(__m256i v) {
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    return _mm_cvtsi128_si32(t);
+}
+
+/* the same numbers as the VNNI build's: the max and the integer sums are exact in any order */
+static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int s0, int s1, qact *out) {
+    const int nb = cols / QK;
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    for (int s = s0; s < s1; s++) {
+        const void *xr = (const uint8_t *)x + (int64_t)s * x_stride * (bf16 ? 2 : 4);
+        qact *y = out + (int64_t)s * nb;
+        for (int b = 0; b < nb; b++) {
+            __m256 v[4];
+            for (int k = 0; k < 4; k++) v[k] = load8(xr, bf16, 32 * b + 8 * k);
+            __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                     _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+            __m128 t = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            t = _mm_max_ps(t, _mm_movehl_ps(t, t));
+            t = _mm_max_ss(t, _mm_movehdup_ps(t));
+            const float amax = _mm_cvtss_f32(t);
+            const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+            __m256i q[4];
+            for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], _mm256_set1_ps(id)));
+            const int sa = hsum8(_mm256_add_epi32(q[0], q[1])), sb = hsum8(_mm256_add_epi32(q[2], q[3]));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)y[b].qs, p);
+            y[b].sum16[0] = sa; y[b].sum16[1] = sb;
+            y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
+            y[b].s = _cvtsh_ss(_cvtss_sh(d * (float)(sa + sb), 0));
+        }
+    }
+}
+
+/* 16 floats (a: 8, b: the next 8) to bf16 as the VNNI build rounds them */
+static inline __m256i to_bf16x16(__m256 a, __m256 b) {
+    const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
+    __m256i ua = _mm256_castps_si256(a), ub = _mm256_castps_si256(b);
+    ua = _mm256_srli_epi32(_mm256_add_epi32(ua, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(ua, 16), one))), 16);
+    ub = _mm256_srli_epi32(_mm256_add_epi32(ub, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(ub, 16), one))), 16);
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(ua, ub), 0xD8);
+}
+
+/* the tile: rows [0, mr) of X against weight rows [c, c + 16) of one panel; a group of g quads is summed
+ * in int16 (vpmaddubsw: u <= 15 takes 8 quads, u <= 31 four, u <= 63 two without overflow) and then
+ * widened; the float steps are the VNNI build's, lane for lane, so the outputs are the same bits */
+#define QR2 2
+static inline __attribute__((always_inline)) void tile(int mr, int halves, int ioff, int g, int nb, const pblk *P,
+                                                        const qact *X, int c, void *out, int bf16, int64_t ost) {
+    __m256 f0[QR2], f1[QR2];
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = 0; r < mr; r++) { f0[r] = _mm256_setzero_ps(); f1[r] = _mm256_setzero_ps(); }
+    for (int b = 0; b < nb; b++) {
+        const pblk *p = P + b;
+        __m256i a0[QR2], a1[QR2];
+        for (int h = 0; h < (halves ? 2 : 1); h++) {
+            for (int r = 0; r < mr; r++) {
+                const int32_t *sm = X[(int64_t)r * nb + b].sum16;
+                a0[r] = halves ? _mm256_set1_epi32(-ioff * sm[h])
+                               : ioff ? _mm256_set1_epi32(-ioff * (sm[0] + sm[1])) : _mm256_setzero_si256();
+                a1[r] = a0[r];
+            }
+            const int q0 = halves ? 4 * h : 0, q1 = halves ? 4 * h + 4 : 8;
+            for (int q = q0; q < q1; q += g) {
+                __m256i s0[QR2], s1[QR2];
+                for (int k = 0; k < g; k++) {
+                    const __m256i w0 = _mm256_load_si256((const __m256i *)(p->q[q + k] + c));
+                    const __m256i w1 = _mm256_load_si256((const __m256i *)(p->q[q + k] + c + 8));
+                    for (int r = 0; r < mr; r++) {
+                        int32_t v; memcpy(&v, X[(int64_t)r * nb + b].qs + 4 * (q + k), 4);
+                        const __m256i xb = _mm256_set1_epi32(v);
+                        const __m256i p0 = _mm256_maddubs_epi16(w0, xb), p1 = _mm256_maddubs_epi16(w1, xb);
+                        s0[r] = k ? _mm256_add_epi16(s0[r], p0) : p0;
+                        s1[r] = k ? _mm256_add_epi16(s1[r], p1) : p1;
+                    }
+                }
+                for (int r = 0; r < mr; r++) {
+                    a0[r] = _mm256_add_epi32(a0[r], _mm256_madd_epi16(s0[r], ones));
+                    a1[r] = _mm256_add_epi32(a1[r], _mm256_madd_epi16(s1[r], ones));
+                }
+            }
+            const float *ds = halves && h ? p->o : p->d;
+            const __m256 d0 = _mm256_load_ps(ds + c), d1 = _mm256_load_ps(ds + c + 8);
+            for (int r = 0; r < mr; r++) {
+                const __m256 xd = _mm256_set1_ps(X[(int64_t)r * nb + b].d);
+                f0[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[r]), _mm256_mul_ps(d0, xd), f0[r]);
+                f1[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[r]), _mm256_mul_ps(d1, xd), f1[r]);
+            }
+        }
+        if (!halves && !ioff) {
+            const __m256 o0 = _mm256_load_ps(p->o + c), o1 = _mm256_load_ps(p->o + c + 8);
+            for (int r = 0; r < mr; r++) {
+                const __m256 xs = _mm256_set1_ps(X[(int64_t)r * nb + b].s);
+                f0[r] = _mm256_fmadd_ps(o0, xs, f0[r]);
+                f1[r] = _mm256_fmadd_ps(o1, xs, f1[r]);
+            }
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        if (bf16) {
+            _mm256_storeu_si256((__m256i *)((uint16_t *)out + r * ost), to_bf16x16(f0[r], f1[r]));
+        } else {
+            _mm256_storeu_ps((float *)out + r * ost, f0[r]);
+            _mm256_storeu_ps((float *)out + r * ost + 8, f1[r]);
+        }
+    }
+}
+
+/* rows [0, n) of X against the panel, into out's columns [c0, c0 + 32), 16 at a time */
+#define ROWS(H, C, G) do { \
+    for (int c = 0; c < PR; c += 16) { \
+        uint8_t *o = (uint8_t *)out + (c0 + c) * (bf16 ? 2 : 4); \
+        int s = 0; \
+        for (; s + QR2 <= n; s += QR2, o += step) tile(QR2, H, C, G, nb, P, X + (int64_t)s * nb, c, o, bf16, ost); \
+        if (n - s == 1) tile(1, H, C, G, nb, P, X + (int64_t)s * nb, c, o, bf16, ost); \
+    } \
+} while (0)
+
+static void panel_rows(int type, int n, int nb, const pblk *P, const qact *X, void *out, int bf16, int64_t ost,
+                       int64_t c0) {
+    const int64_t step = QR2 * ost * (bf16 ? 2 : 4);
+    switch (type) {
+    case T_Q6_K: ROWS(1, 32, 2); break;
+    case T_Q4_0: ROWS(0, 8, 8); break;
+    case T_Q5_0: ROWS(0, 16, 4); break;
+    case T_Q4_1: case T_Q4_K: ROWS(0, 0, 8); break;
+    default: ROWS(0, 0, 4); break;      /* Q5_1, Q5_K */
+    }
+}
+
+#endif
 
 /* ---- the job: quantize x on the pool, then panels of every weight handed out by an atomic counter ---- */
 typedef struct {

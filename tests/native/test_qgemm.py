@@ -1,11 +1,11 @@
-"""The int8 prefill GEMM (native/src/qgemm.c, AVX-512 VNNI): against a float64 oracle within the q8
-activation rounding, on every type it takes, at batch sizes that leave partial 4-row tiles, with 1 and
-2 threads; bf16 in and out; several weights in one call; strided outputs; bitwise independent of the
-thread split; bad input refused; and the switches that send a batch to it (engine/ops.py,
-engine/cpu_features.py).
+"""The int8 prefill GEMM (native/src/qgemm.c: AVX-512 VNNI, or AVX2's vpmaddubsw): against a float64
+oracle within the q8 activation rounding, on every type it takes, at batch sizes that leave partial
+tiles, with 1 and 2 threads; bf16 in and out; several weights in one call; strided outputs; bitwise
+independent of the thread split and of the kernel (VNNI, AVX-512 and AVX2 builds give the same bits);
+bad input refused; and the switches that send a batch to it (engine/ops.py, engine/cpu_features.py).
 
-The native tests skip where the library or the CPU has no int8 GEMM (AVX2-only CI, CELLAR_ISA below
-avx512-vnni, CELLAR_NO_NATIVE=1); the cpu_features tests are pure Python and run everywhere."""
+The native tests skip where the library or the CPU has no int8 GEMM (no AVX2, CELLAR_ISA=scalar,
+CELLAR_NO_NATIVE=1); the cpu_features tests are pure Python and run everywhere."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,12 +25,14 @@ HAS_QGEMM = _takes(GGMLType.Q4_0, 32, 32)
 needs_qgemm = pytest.mark.skipif(
     not HAS_QGEMM,
     reason="no int8 GEMM here: native library not built (python -m native.build), CELLAR_NO_NATIVE set, "
-           "or the CPU / CELLAR_ISA has no AVX-512 VNNI")
+           "or the CPU / CELLAR_ISA has no AVX2")
 
 # the quantized types the int8 GEMM takes on this library (Q6_K where it has it)
 QG_TYPES = [q for q in F16_FIELDS if _takes(q)]
-REQUIRED = {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0,
-            GGMLType.Q4_K, GGMLType.Q5_K}
+REQUIRED = {GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q4_K, GGMLType.Q5_K,
+            GGMLType.Q6_K} | ({GGMLType.Q8_0} if kernels.ISA == "avx512-vnni" else set())
+# a second type for the several-weight tests: Q8_0 where the kernel takes it (VNNI), else Q5_0
+OTHER = GGMLType.Q8_0 if GGMLType.Q8_0 in REQUIRED else GGMLType.Q5_0
 ROWS_FOR_N = {1: 32, 3: 96, 9: 64, 37: 160, 130: 64}      # rows: multiples of 32 (whole panels)
 
 
@@ -83,10 +85,13 @@ def q8_rounded(x: torch.Tensor) -> np.ndarray:
 
 @needs_qgemm
 def test_types_taken_are_the_listed_ones():
-    """The library takes at least the seven 32-value-block / Q4_K / Q5_K types, and exactly those the
-    memory planner and ops think it does (cpu_features.INT8_PREFILL_TYPES, int8_takes)."""
+    """The library takes the 32-value-block types, Q4_K, Q5_K and Q6_K (Q8_0 with VNNI only: its bytes
+    would saturate vpmaddubsw's int16 pair sums), exactly those the memory planner and ops think it does
+    (cpu_features.INT8_PREFILL_TYPES / INT8_AVX2_TYPES, int8_takes)."""
     assert REQUIRED <= set(QG_TYPES)
-    assert {int(q) for q in QG_TYPES} == set(cpu_features.INT8_PREFILL_TYPES)
+    listed = (cpu_features.INT8_PREFILL_TYPES if cpu_features.int8_kernel() == "vnni"
+              else cpu_features.INT8_AVX2_TYPES)
+    assert {int(q) for q in QG_TYPES} == set(listed)
     for q in F16_FIELDS:
         per = BLOCK[q][0]
         for rows, cols in ((32, per), (64, 2 * per), (33, per), (16, per), (96, 3 * per)):
@@ -148,7 +153,7 @@ def test_qgemm_is_the_product_of_the_q8_rounded_x(qtype, xkind):
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.Q4_K], ids=lambda t: t.name)
 def test_bf16_in_and_out(qtype, threads):
     rows, cols, n = 96, _cols(qtype), 37
-    ws = [random_qtensor(qtype, rows, cols, seed=1), random_qtensor(GGMLType.Q8_0, 32, cols, seed=2)]
+    ws = [random_qtensor(qtype, rows, cols, seed=1), random_qtensor(OTHER, 32, cols, seed=2)]
     x = _x(n, cols, seed=4)
     xb = x.bfloat16()
     f32_of_x = kernels.qgemm_many(ws, x)
@@ -176,7 +181,7 @@ def test_bf16_in_and_out(qtype, threads):
 
 # ---- several weights, strides ---------------------------------------------------------------------
 
-SPECS = [(GGMLType.Q4_1, 96), (GGMLType.Q8_0, 32), (GGMLType.Q4_K, 64)]
+SPECS = [(GGMLType.Q4_1, 96), (OTHER, 32), (GGMLType.Q4_K, 64)]
 
 
 @needs_qgemm
@@ -257,14 +262,14 @@ def test_qgemm_rejects_bad_input():
     f = QTensor("f", GGMLType.F32, (32, 256), np.zeros(32 * 256 * 4, dtype=np.uint8))
     assert not kernels.qgemm_supported(f)
     with pytest.raises(ValueError, match="same number of columns"):
-        kernels.qgemm_many([w, random_qtensor(GGMLType.Q8_0, 32, 512)], x)
+        kernels.qgemm_many([w, random_qtensor(OTHER, 32, 512)], x)
     with pytest.raises(ValueError, match=r"x must be .*\[n, 256\]"):
         kernels.qgemm_many([w], torch.randn(12, 512))
     with pytest.raises(ValueError, match="x must be"):
         kernels.qgemm_many([w], torch.randn(12, 256, dtype=torch.float16))
     with pytest.raises(ValueError, match="x must be"):
         kernels.qgemm_many([w], torch.randn(256, 12).T)          # columns not contiguous
-    w2 = random_qtensor(GGMLType.Q8_0, 32, 256)
+    w2 = random_qtensor(OTHER, 32, 256)
     with pytest.raises(ValueError, match="all be f32 or all bf16"):
         kernels.qgemm_many([w, w2], x, [torch.empty(12, 64), torch.empty(12, 32, dtype=torch.bfloat16)])
     with pytest.raises(ValueError, match="all be f32 or all bf16"):
@@ -280,7 +285,7 @@ def test_qgemm_rejects_bad_input():
 # ---- the switches: engine.ops and engine.cpu_features ----------------------------------------------
 
 @needs_qgemm
-def test_ops_without_vnni_take_dequantize_and_matmul(monkeypatch, best_isa):
+def test_ops_without_the_int8_gemm_take_dequantize_and_matmul(monkeypatch, best_isa):
     monkeypatch.delenv("CELLAR_ISA", raising=False)
     monkeypatch.setattr(ops, "PREFILL", "i8")
     monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.float32)      # f32 matmul: a strict comparison
@@ -288,7 +293,7 @@ def test_ops_without_vnni_take_dequantize_and_matmul(monkeypatch, best_isa):
     n = ops.GEMV_MAX_ROWS + 29
     x = _x(n, 512, seed=6)
     i8 = kernels.qgemm_many([w], x)[0]
-    assert kernels.set_isa("avx512") == "avx512"
+    assert kernels.set_isa("scalar") == "scalar"
     assert not kernels.qgemm_supported(w) and not ops.use_i8(w)
     with pytest.raises(ValueError, match="does not take"):
         kernels.qgemm_many([w], x)
@@ -331,46 +336,77 @@ def test_ops_send_batches_to_the_int8_gemm(monkeypatch, best_isa, threads):
     assert torch.equal(ops.linear(xs, w, scratch), kernels.gemv(w, xs))
 
 
+VNNI = {"avx512_vnni", "avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"}
+AVX2 = {"avx2", "fma", "f16c"}
+
+
 def test_int8_prefill_mode_and_flags(monkeypatch):
     monkeypatch.delenv("CELLAR_ISA", raising=False)
     monkeypatch.delenv("CELLAR_PREFILL", raising=False)
-    f = cpu_features.int8_prefill
-    assert f({"avx512_vnni"}, "auto") is True
-    assert f({"avx512_vnni", "avx512f", "avx512_bf16"}, "auto") is True
-    assert f({"avx512_vnni", "amx_bf16"}, "auto") is False        # AMX: the bf16 matmul
-    assert f({"avx2"}, "auto") is False
-    assert f(set(), "auto") is False
-    assert f({"avx512_vnni"}, "f32") is False
-    assert f({"avx512_vnni"}, "gemm") is False
-    assert f({"avx2"}, "i8") is True                               # forced (the library then decides)
-    assert f({"avx512_vnni", "amx_bf16"}, "i8") is True
+    f, k = cpu_features.int8_prefill, cpu_features.int8_kernel
+    assert k(VNNI) == "vnni" and k(AVX2) == "avx2" and k({"avx2"}) is None and k(set()) is None
+    assert f(VNNI, "auto") is True
+    assert f(VNNI | {"avx512_bf16"}, "auto") is True
+    assert f(VNNI | {"amx_bf16"}, "auto") is False                 # AMX: the bf16 matmul
+    assert f(AVX2, "auto") is cpu_features.INT8_AVX2_DEFAULT
+    assert f(set(), "auto") is False and f(set(), "i8") is False   # no kernel at all
+    assert f(VNNI, "f32") is False
+    assert f(VNNI, "gemm") is False
+    assert f(AVX2, "i8") is True
+    assert f(VNNI | {"amx_bf16"}, "i8") is True
     monkeypatch.setenv("CELLAR_PREFILL", "i8")
-    assert f({"avx2"}) is True                                     # mode from the environment
+    assert f(AVX2) is True                                         # mode from the environment
     monkeypatch.setenv("CELLAR_PREFILL", "f32")
-    assert f({"avx512_vnni"}) is False
+    assert f(VNNI) is False
     monkeypatch.setenv("CELLAR_PREFILL", "bogus")
     with pytest.raises(ValueError, match="CELLAR_PREFILL"):
-        f({"avx512_vnni"})
+        f(VNNI)
     monkeypatch.delenv("CELLAR_PREFILL")
-    for isa in ("avx2", "avx512", "scalar"):                       # a lower path chosen
+    for isa in ("avx2", "avx512"):                                 # a lower path: the AVX2 kernel
         monkeypatch.setenv("CELLAR_ISA", isa)
-        assert f({"avx512_vnni"}, "auto") is False
-        assert f({"avx512_vnni"}, "i8") is False
+        assert k(VNNI) == "avx2"
+        assert f(VNNI, "i8") is True
+    monkeypatch.setenv("CELLAR_ISA", "scalar")
+    assert k(VNNI) is None and f(VNNI, "auto") is False and f(VNNI, "i8") is False
     monkeypatch.setenv("CELLAR_ISA", "avx512-vnni")
-    assert f({"avx512_vnni"}, "auto") is True
+    assert k(VNNI) == "vnni" and f(VNNI, "auto") is True
 
 
-def test_int8_takes():
-    t = cpu_features.int8_takes
-    assert t(12, (64, 256)) is True
-    assert t(12, (64, 32)) is False                  # Q4_K: whole 256-value super-blocks
-    assert t(13, (32, 512)) is True and t(13, (32, 288)) is False
-    assert t(2, (33, 32)) is False                   # rows not whole 32-row panels
-    assert t(2, (32, 32)) is True and t(8, (96, 64)) is True
-    assert t(2, (32, 48)) is False
-    assert t(14, (64, 256)) is (14 in cpu_features.INT8_PREFILL_TYPES)
-    assert t(14, (64, 32)) is False
-    assert t(10, (64, 256)) is False and t(11, (64, 256)) is False      # Q2_K, Q3_K
-    assert t(0, (64, 256)) is False and t(1, (64, 256)) is False        # F32, F16
-    assert t(2, (64,)) is False and t(2, (2, 64, 256)) is False
-    assert {2, 3, 6, 7, 8, 12, 13} <= cpu_features.INT8_PREFILL_TYPES
+def test_int8_takes(monkeypatch):
+    monkeypatch.delenv("CELLAR_ISA", raising=False)
+    for flags in (VNNI, AVX2):
+        def t(q, shape):
+            return cpu_features.int8_takes(q, shape, flags)
+        assert t(12, (64, 256)) is True
+        assert t(12, (64, 32)) is False                  # Q4_K: whole 256-value super-blocks
+        assert t(13, (32, 512)) is True and t(13, (32, 288)) is False
+        assert t(2, (33, 32)) is False                   # rows not whole 32-row panels
+        assert t(2, (32, 32)) is True
+        assert t(8, (96, 64)) is (flags == VNNI)         # Q8_0: VNNI only
+        assert t(2, (32, 48)) is False
+        assert t(14, (64, 256)) is True and t(14, (64, 32)) is False
+        assert t(10, (64, 256)) is False and t(11, (64, 256)) is False      # Q2_K, Q3_K
+        assert t(0, (64, 256)) is False and t(1, (64, 256)) is False        # F32, F16
+        assert t(2, (64,)) is False and t(2, (2, 64, 256)) is False
+    assert {2, 3, 6, 7, 8, 12, 13, 14} == cpu_features.INT8_PREFILL_TYPES
+    assert cpu_features.INT8_AVX2_TYPES == cpu_features.INT8_PREFILL_TYPES - {8}
+
+
+@needs_qgemm
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1,
+                                   GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K], ids=lambda t: t.name)
+def test_every_kernel_gives_the_same_bits(qtype, best_isa):
+    """The AVX2 kernel (vpmaddubsw, int16 partial sums) and the VNNI one (vpdpbusd) sum the same integers
+    exactly and take the same float steps lane for lane: the same bits, f32 and bf16 out; so do the
+    activations' quantization passes."""
+    isas = [i for i in ("avx512-vnni", "avx512", "avx2") if kernels.ISA_NAMES.index(i) <= kernels.ISA_NAMES.index(kernels.best_isa())]
+    w = random_qtensor(qtype, 96, _cols(qtype), seed=int(qtype))
+    x = _x(37, _cols(qtype), seed=2)
+    got = {}
+    for isa in isas:
+        assert kernels.set_isa(isa) == isa
+        ob = torch.empty(37, 96, dtype=torch.bfloat16)
+        got[isa] = (kernels.qgemm_many([w], x)[0], kernels.qgemm_many([w], x.bfloat16(), [ob])[0])
+    first = got[isas[0]]
+    for isa in isas[1:]:
+        assert torch.equal(got[isa][0], first[0]) and torch.equal(got[isa][1], first[1]), isa
