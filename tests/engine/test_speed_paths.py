@@ -346,3 +346,28 @@ def test_pool_rest_leaves_the_pool_working():
             assert torch.equal(kernels.gemv(w, x), want)
     finally:
         kernels.set_threads(before)
+
+
+@pytest.mark.parametrize("split_on", [False, True])
+def test_bf16_matmul_into_f32_buffers(split_on, monkeypatch):
+    """Beside the int8 GEMM the batched layer's buffers are f32 while a type it does not take (Q3_K) still
+    runs the bf16 matmul: its product lands in the f32 buffer, the same numbers as the f32 result
+    (the bf16 product widened), with and without the split between threads."""
+    monkeypatch.setattr(ops, "PREFILL", "f32")
+    monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.bfloat16)
+    monkeypatch.setattr(ops, "BF16_SPLIT", split_on)
+    rng = np.random.default_rng(7)
+    rows, cols = 96, 256
+    w = QTensor("w", GGMLType.Q3_K, (rows, cols), raw_tensor(GGMLType.Q3_K, (rows, cols), rng).data)
+    x = torch.from_numpy(rng.standard_normal((40, cols)).astype(np.float32))
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(2)
+        sc = ops.Scratch(rows * cols, batch_dtype=torch.float32)
+        assert sc.buf.dtype == torch.bfloat16 and sc.batch_dtype == torch.float32
+        ref = ops.linear(x, w, sc)                            # f32: the bf16 product widened
+        out = torch.full((40, rows), float("nan"))
+        got = ops.linear(x, w, sc, out=out)
+    finally:
+        kernels.set_threads(before)
+    assert got is out and torch.equal(out, ref)
