@@ -19,7 +19,9 @@
  * matmul. A panel (K/32 blocks of 1280 bytes) stays in L1/L2 while every row of x streams past it.
  *
  * The scalar build leaves the table's entry NULL and the caller takes dequantize + matmul. */
+#include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include "common.h"
@@ -160,6 +162,15 @@ static int int_offset(int type) {
     }
 }
 
+/* a block of x with a NaN or an infinity: its products are NaN (d and s NaN, the ints 0), the same bits on
+ * every build; quantized, a NaN lane became INT_MIN, which the builds narrow differently and whose sums
+ * overflow */
+static inline void nonfinite(qact *y) {
+    memset(y->qs, 0, sizeof y->qs);
+    y->sum16[0] = y->sum16[1] = 0;
+    y->d = y->s = NAN;
+}
+
 #if CK_ISA == ISA_AVX512_VNNI
 /* ---- activations: quant_q8's numbers (q32.c), 32 values at a time ---- */
 static inline __m512 load16(const void *x, int bf16, int64_t i) {   /* 16 values of an f32 or bf16 row */
@@ -175,6 +186,11 @@ static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int 
         qact *y = out + (int64_t)s * nb;
         for (int b = 0; b < nb; b++) {
             const __m512 v0 = load16(xr, bf16, 32 * b), v1 = load16(xr, bf16, 32 * b + 16);
+            const __m512 big = _mm512_set1_ps(FLT_MAX);
+            if ((_mm512_cmp_ps_mask(_mm512_abs_ps(v0), big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(_mm512_abs_ps(v1), big, _CMP_LE_OQ)) != 0xFFFF) {
+                nonfinite(y + b);
+                continue;
+            }
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
             const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
             /* lrintf: round to nearest even, as cvtps2dq in the default rounding mode */
@@ -305,6 +321,13 @@ static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int 
         for (int b = 0; b < nb; b++) {
             __m256 v[4];
             for (int k = 0; k < 4; k++) v[k] = load8(xr, bf16, 32 * b + 8 * k);
+            int fin = 0xFF;
+            for (int k = 0; k < 4; k++)
+                fin &= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, v[k]), _mm256_set1_ps(FLT_MAX), _CMP_LE_OQ));
+            if (fin != 0xFF) {
+                nonfinite(y + b);
+                continue;
+            }
             __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
                                      _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
             __m128 t = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
@@ -435,16 +458,41 @@ typedef struct {
     _Atomic int failed;
 } qg_job;
 
-static _Thread_local void *tbuf[2];
-static _Thread_local size_t tbuf_size[2];
+/* each thread's buffers (0: quantized x, the caller's; 1: a panel), freed when the thread ends: the pool
+ * replaces its workers when the thread count changes (pool.c), and a _Thread_local pointer alone leaked
+ * every old worker's panel */
+typedef struct { void *p[2]; size_t n[2]; } tbufs;
+static pthread_key_t tkey;
+static pthread_once_t tonce = PTHREAD_ONCE_INIT;
+static int tkey_ok;
+
+static void tbufs_free(void *v) {
+    tbufs *t = v;
+    if (t) { free(t->p[0]); free(t->p[1]); free(t); }
+}
+
+static void tkey_init(void) { tkey_ok = pthread_key_create(&tkey, tbufs_free) == 0; }
+
+static tbufs *thread_bufs(int create) {
+    pthread_once(&tonce, tkey_init);
+    if (!tkey_ok) return NULL;
+    tbufs *t = pthread_getspecific(tkey);
+    if (!t && create) {
+        t = calloc(1, sizeof *t);
+        if (t && pthread_setspecific(tkey, t) != 0) { free(t); t = NULL; }
+    }
+    return t;
+}
 
 static void *thread_buffer(int which, size_t n) {
-    if (n > tbuf_size[which]) {
-        free(tbuf[which]);
-        tbuf[which] = aligned_alloc(64, (n + 63) / 64 * 64);
-        tbuf_size[which] = tbuf[which] ? n : 0;
+    tbufs *t = thread_bufs(1);
+    if (!t) return NULL;
+    if (n > t->n[which]) {
+        free(t->p[which]);
+        t->p[which] = aligned_alloc(64, (n + 63) / 64 * 64);
+        t->n[which] = t->p[which] ? n : 0;
     }
-    return tbuf[which];
+    return t->p[which];
 }
 
 /* rows in chunks from the counter: the pool does not wait for workers that have not joined (pool.c) */
@@ -508,7 +556,10 @@ static int FN(qgemm_supports)(int type, int64_t rows, int64_t cols) {
 }
 
 /* bytes of the calling thread's buffers (quantized x, one panel) */
-static int64_t FN(qgemm_buffer_bytes)(void) { return (int64_t)(tbuf_size[0] + tbuf_size[1]); }
+static int64_t FN(qgemm_buffer_bytes)(void) {
+    const tbufs *t = thread_bufs(0);
+    return t ? (int64_t)(t->n[0] + t->n[1]) : 0;
+}
 
 void FN(register_qgemm)(kernel_table *t) {
     t->qgemm = FN(qgemm);

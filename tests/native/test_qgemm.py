@@ -414,3 +414,52 @@ def test_every_kernel_gives_the_same_bits(qtype, best_isa):
     first = got[isas[0]]
     for isa in isas[1:]:
         assert torch.equal(got[isa][0], first[0]) and torch.equal(got[isa][1], first[1]), isa
+
+
+@needs_qgemm
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_a_nonfinite_activation_gives_nan_on_its_row_only(bad, best_isa):
+    """A NaN or an infinity in a row of x (a model already broken upstream) makes that row's outputs NaN,
+    on every kernel alike, and leaves the other rows as they were (quantized, a NaN became INT_MIN, which
+    the builds narrowed differently and whose integer sums overflowed)."""
+    isas = [i for i in ("avx512-vnni", "avx2") if kernels.ISA_NAMES.index(i) <= kernels.ISA_NAMES.index(kernels.best_isa())]
+    for qtype in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q6_K):
+        w = random_qtensor(qtype, 64, _cols(qtype), seed=3)
+        x = _x(9, _cols(qtype), seed=4)
+        clean = kernels.qgemm_many([w], x)[0]
+        for k in (0, 5, 31, _cols(qtype) - 1):
+            xb = x.clone()
+            xb[2, k] = bad
+            for isa in isas:
+                kernels.set_isa(isa)
+                y = kernels.qgemm_many([w], xb)[0]
+                assert bool(y[2].isnan().all()), (qtype.name, k, isa)
+                rest = [r for r in range(9) if r != 2]
+                assert torch.equal(y[rest], clean[rest]), (qtype.name, k, isa)
+            kernels.set_isa(kernels.best_isa())
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2 ** 20
+
+
+@needs_qgemm
+def test_changing_the_thread_count_frees_the_old_workers_buffers(best_isa):
+    """The pool replaces its workers when the thread count changes; each one's weight panel (cols / 32 x
+    1280 bytes) is freed with it. Before, 60 switches between 7 and 8 threads over a 16384-column weight
+    took the RSS from 256 to 455 MiB."""
+    w = random_qtensor(GGMLType.Q4_0, 2048, 16384, seed=1)    # a panel: 640 KiB; 64 of them, so workers join
+    x = torch.randn(64, 16384)
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(4)
+        kernels.qgemm_many([w], x)
+        rss0 = _rss_mib()
+        for i in range(30):
+            kernels.set_threads(4 + i % 2)
+            kernels.qgemm_many([w], x)
+        grown = _rss_mib() - rss0
+    finally:
+        kernels.set_threads(before)
+    assert grown < 20, f"RSS grew {grown:.1f} MiB over 30 thread-count changes"   # leaking: ~60 MiB
