@@ -26,14 +26,6 @@ def isa(request):
     kernels.set_isa(kernels.best_isa())
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = kernels.get_threads()
-    kernels.set_threads(request.param)
-    yield request.param
-    kernels.set_threads(before)
-
-
 def _x(n: int, cols: int, seed: int) -> torch.Tensor:
     x = np.random.default_rng(seed).standard_normal((n, cols)).astype(np.float32)
     x[n // 2] *= 40.0                  # rows of very different scales share a packed group

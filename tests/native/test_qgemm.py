@@ -36,14 +36,6 @@ OTHER = GGMLType.Q8_0 if GGMLType.Q8_0 in REQUIRED else GGMLType.Q5_0
 ROWS_FOR_N = {1: 32, 3: 96, 9: 64, 37: 160, 130: 64}      # rows: multiples of 32 (whole panels)
 
 
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = kernels.get_threads()
-    kernels.set_threads(request.param)
-    yield request.param
-    kernels.set_threads(before)
-
-
 @pytest.fixture
 def best_isa():
     kernels.set_isa(kernels.best_isa())
