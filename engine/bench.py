@@ -28,6 +28,7 @@ def run_bench(path: Path, *, pp: int, tg: int, threads: int, ctx: int | None, mo
               kv_type: str = "f16", gpu_layers: int = 0, warn=None) -> dict:
     import torch  # noqa: F401  (imported before the baseline, as the peer imports llama_cpp first)
 
+    from engine.ops import prefill_path
     from engine.runtime import LoadOptions, Model
     base_rss = _rss_mib()
     opts = LoadOptions(ctx=ctx or max(2048, pp + tg + 8), threads=threads, mmap=mode != "no-mmap",
@@ -67,6 +68,7 @@ def run_bench(path: Path, *, pp: int, tg: int, threads: int, ctx: int | None, mo
         "peak_rss_mib": round(_peak_rss_mib(), 1),
         "base_rss_mib": round(base_rss, 1),
         "gpu_layers": model.offload.placement.n_gpu if model.offload is not None else 0,
+        "prefill": prefill_path(model.net.matrices()),
     }
     rep = getattr(model.gguf, "mlock_report", None)
     if rep is not None:

@@ -212,6 +212,23 @@ def linear_many(x: torch.Tensor, ws: list[QTensor], scratch: Scratch | None = No
     return [linear(x, w, scratch, None if outs is None else o) for w, o in zip(ws, outs or [None] * len(ws))]
 
 
+def prefill_path(ws: Iterable[QTensor]) -> str:
+    """What a batch through these weights runs on this CPU, for `cellar bench`: e.g. "int8 (avx512-vnni)",
+    "bf16 matmul", or "int8 (avx2) 200, f32 matmul 9" where they differ (matrices per path)."""
+    counts: dict[str, int] = {}
+    for w in ws:
+        if use_i8(w):
+            path = f"int8 ({kernels.ISA})"
+        elif use_gemm(w):
+            path = f"gemv-exact gemm ({kernels.ISA})"
+        else:
+            path = "bf16 matmul" if SCRATCH_DTYPE == torch.bfloat16 else "f32 matmul"
+        counts[path] = counts.get(path, 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), "none")
+    return ", ".join(f"{p} {n}" for p, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def batched_dtype(n: int, ws: Iterable[QTensor], scratch: Scratch | None) -> torch.dtype | None:
     """The type linear(x, w, scratch, out) takes and gives for n rows through every w in ws when each runs
     dequantize + matmul on this CPU (the scratch's type), else None (GEMV, GEMM, offload: f32 x)."""

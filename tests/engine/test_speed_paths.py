@@ -253,6 +253,8 @@ def test_bench_reports_the_contract_figures(tiny_q, mode):
     assert out["threads"] == 2 and out["mode"] == mode and out["pp"] == 16 and out["tg"] == 4
     assert out["load_s"] > 0 and out["pp_tok_s"] > 0 and out["tg_tok_s"] > 0
     assert out["peak_rss_mib"] >= out["base_rss_mib"] > 0
+    assert out["prefill"] in ("int8 (avx512-vnni)", "int8 (avx512)", "int8 (avx2)", "bf16 matmul", "f32 matmul") \
+        or "," in out["prefill"], out["prefill"]
     if mode == "mlock":
         assert isinstance(out["mlock_locked"], bool)
 
@@ -371,3 +373,17 @@ def test_bf16_matmul_into_f32_buffers(split_on, monkeypatch):
     finally:
         kernels.set_threads(before)
     assert got is out and torch.equal(out, ref)
+
+
+def test_prefill_path_names_what_each_weight_runs(monkeypatch):
+    rng = np.random.default_rng(3)
+    q4 = QTensor("a", GGMLType.Q4_0, (64, 256), raw_tensor(GGMLType.Q4_0, (64, 256), rng).data)
+    q3 = QTensor("b", GGMLType.Q3_K, (64, 256), raw_tensor(GGMLType.Q3_K, (64, 256), rng).data)
+    monkeypatch.setattr(ops, "SCRATCH_DTYPE", torch.float32)
+    monkeypatch.setattr(ops, "PREFILL", "f32")
+    assert ops.prefill_path([q4, q3]) == "f32 matmul"
+    monkeypatch.setattr(ops, "PREFILL", "i8")
+    if kernels.AVAILABLE and kernels.qgemm_supported(q4):
+        assert ops.prefill_path([q4, q4, q3]) == f"int8 ({kernels.ISA}) 2, f32 matmul 1"
+    else:
+        assert ops.prefill_path([q4, q3]) == "f32 matmul"
