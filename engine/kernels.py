@@ -339,8 +339,8 @@ def gemm(w: QTensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def qgemm_supported(w: QTensor) -> bool:
-    """Whether the path in use has the int8 prefill GEMM (AVX-512 VNNI, native/src/qgemm.c) for w's type
-    and shape."""
+    """Whether the path in use has the int8 prefill GEMM (native/src/qgemm.c: AVX-512 VNNI, or AVX2 without
+    Q8_0) for w's type and shape."""
     return (_lib is not None and hasattr(_lib, "cellar_qgemm_supports") and isinstance(w, QTensor)
             and bool(_lib.cellar_qgemm_supports(int(w.qtype), w.rows, w.cols)))
 

@@ -62,8 +62,8 @@ def use_gemm(w) -> bool:
 
 
 def use_i8(w) -> bool:
-    """Whether a batch through w runs the int8 GEMM (native/src/qgemm.c): on a CPU with AVX-512 VNNI and
-    no AMX by default (cpu_features.int8_prefill), for the types and shapes it takes."""
+    """Whether a batch through w runs the int8 GEMM (native/src/qgemm.c): by default on a CPU without AMX
+    (cpu_features.int8_prefill), for the types and shapes the library's path in use takes."""
     return (isinstance(w, QTensor) and cpu_features.int8_prefill(mode=PREFILL)
             and kernels.qgemm_supported(w))
 
