@@ -49,24 +49,49 @@ def prefill_mode() -> str:
     return mode
 
 
-def int8_kernel(flags: frozenset[str] | set[str] | None = None) -> str | None:
-    """Which int8 GEMM the native library runs here: "vnni" (AVX-512 VNNI), "avx2", or None (no AVX2, or
-    CELLAR_ISA=scalar); CELLAR_ISA caps it as it caps the library's path (engine/kernels.py)."""
+def built_isas() -> frozenset[str]:
+    """The instruction sets the native library was built with (native/build.py's manifest beside it:
+    "scalar", "avx2", "avx512", "avx512vnni"); empty without the library or with CELLAR_NO_NATIVE set."""
+    if os.environ.get("CELLAR_NO_NATIVE", "") not in ("", "0"):
+        return frozenset()
+    return _manifest_isas()
+
+
+@functools.cache
+def _manifest_isas() -> frozenset[str]:
+    import json
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent / "native"
+    if not (root / "libcellar_kernels.so").exists():
+        return frozenset()
+    try:
+        return frozenset(json.loads((root / "libcellar_kernels.json").read_text())["isas"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return frozenset({"scalar", "avx2", "avx512", "avx512vnni"})   # an older build: assume all
+
+
+def int8_kernel(flags: frozenset[str] | set[str] | None = None, built: frozenset[str] | set[str] | None = None) -> str | None:
+    """Which int8 GEMM the native library runs here: "vnni" (AVX-512 VNNI), "avx2", or None (no library,
+    no AVX2, or CELLAR_ISA=scalar); CELLAR_ISA caps it as it caps the library's path (engine/kernels.py),
+    and `built` (default: the library's manifest, built_isas) is what the library has."""
     flags = cpu_flags() if flags is None else flags
+    built = built_isas() if built is None else built
     isa = os.environ.get("CELLAR_ISA", "").strip().lower()
-    if isa in ("", "avx512-vnni") and {"avx512_vnni", "avx512f", "avx512bw", "avx512vl"} <= flags:
+    if (isa in ("", "avx512-vnni") and {"avx512_vnni", "avx512f", "avx512bw", "avx512vl"} <= flags
+            and "avx512vnni" in built):
         return "vnni"
-    if isa != "scalar" and {"avx2", "fma", "f16c"} <= flags:
+    if isa != "scalar" and {"avx2", "fma", "f16c"} <= flags and {"avx2", "avx512"} & built:
         return "avx2"
     return None
 
 
-def int8_prefill(flags: frozenset[str] | set[str] | None = None, mode: str | None = None) -> bool:
+def int8_prefill(flags: frozenset[str] | set[str] | None = None, mode: str | None = None,
+                 built: frozenset[str] | set[str] | None = None) -> bool:
     """Whether a batch runs the int8 GEMM on the weights it takes: CELLAR_PREFILL=i8 wherever the library
     has it, or auto on a CPU without AMX (AMX multiplies bf16 faster still)."""
     mode = prefill_mode() if mode is None else mode
     flags = cpu_flags() if flags is None else flags
-    kernel = int8_kernel(flags)
+    kernel = int8_kernel(flags, built)
     if kernel is None or mode not in ("auto", "i8"):
         return False
     if mode == "i8":
@@ -74,9 +99,10 @@ def int8_prefill(flags: frozenset[str] | set[str] | None = None, mode: str | Non
     return "amx_bf16" not in flags and (kernel == "vnni" or INT8_AVX2_DEFAULT)
 
 
-def int8_takes(qtype: int, shape: tuple[int, ...], flags: frozenset[str] | set[str] | None = None) -> bool:
+def int8_takes(qtype: int, shape: tuple[int, ...], flags: frozenset[str] | set[str] | None = None,
+               built: frozenset[str] | set[str] | None = None) -> bool:
     """Whether the int8 GEMM takes a weight of this ggml type and torch-order shape (rows, cols) here."""
-    types = INT8_PREFILL_TYPES if int8_kernel(flags) == "vnni" else INT8_AVX2_TYPES
+    types = INT8_PREFILL_TYPES if int8_kernel(flags, built) == "vnni" else INT8_AVX2_TYPES
     if len(shape) != 2 or int(qtype) not in types:
         return False
     rows, cols = shape

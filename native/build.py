@@ -100,7 +100,23 @@ def build(out: Path | None = None, verbose: bool = False) -> Path:
         staged = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.copyfile(tmp_lib, staged)
         os.replace(staged, out)   # atomic: a process loading the old file keeps its mapping
+        built = sorted({o.stem.rsplit("_", 1)[1] for o in objs if "_" in o.stem and o.stem.rsplit("_", 1)[1] in ISA_FLAGS})
+        _write_manifest(out, built)
     return out
+
+
+def manifest_path(lib: Path) -> Path:
+    """The JSON next to the library that lists the instruction sets it was built with (read by
+    engine/cpu_features.py, which must not load the library: the memory planner runs in the app too)."""
+    return lib.with_suffix(".json")
+
+
+def _write_manifest(lib: Path, isas: list[str]) -> None:
+    import json
+    path = manifest_path(lib)
+    staged = path.with_name(path.name + f".tmp{os.getpid()}")
+    staged.write_text(json.dumps({"isas": isas}) + "\n")
+    os.replace(staged, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -334,12 +334,18 @@ def test_ops_send_batches_to_the_int8_gemm(monkeypatch, best_isa, threads):
 
 VNNI = {"avx512_vnni", "avx512f", "avx512bw", "avx512vl", "avx2", "fma", "f16c"}
 AVX2 = {"avx2", "fma", "f16c"}
+ALL_BUILT = {"scalar", "avx2", "avx512", "avx512vnni"}
 
 
 def test_int8_prefill_mode_and_flags(monkeypatch):
     monkeypatch.delenv("CELLAR_ISA", raising=False)
     monkeypatch.delenv("CELLAR_PREFILL", raising=False)
-    f, k = cpu_features.int8_prefill, cpu_features.int8_kernel
+    def f(flags, mode=None):
+        return cpu_features.int8_prefill(flags, mode, ALL_BUILT)
+
+    def k(flags):
+        return cpu_features.int8_kernel(flags, ALL_BUILT)
+
     assert k(VNNI) == "vnni" and k(AVX2) == "avx2" and k({"avx2"}) is None and k(set()) is None
     assert f(VNNI, "auto") is True
     assert f(VNNI | {"avx512_bf16"}, "auto") is True
@@ -368,11 +374,31 @@ def test_int8_prefill_mode_and_flags(monkeypatch):
     assert k(VNNI) == "vnni" and f(VNNI, "auto") is True
 
 
+def test_int8_kernel_follows_what_the_library_was_built_with(monkeypatch):
+    """The planner asks the build's manifest (native/build.py), not only the CPU: no library, no int8 GEMM
+    (the runtime then dequantizes every matrix); a library without its VNNI build runs the AVX2 kernel."""
+    monkeypatch.delenv("CELLAR_ISA", raising=False)
+    k = cpu_features.int8_kernel
+    assert k(VNNI, set()) is None
+    assert k(VNNI, {"scalar"}) is None
+    assert k(VNNI, {"scalar", "avx2"}) == "avx2"
+    assert cpu_features.int8_takes(8, (32, 32), VNNI, {"scalar", "avx2"}) is False     # Q8_0: VNNI only
+    assert cpu_features.int8_takes(8, (32, 32), VNNI, ALL_BUILT) is True
+    assert cpu_features.int8_prefill(VNNI, "i8", set()) is False
+    monkeypatch.setenv("CELLAR_NO_NATIVE", "1")
+    assert cpu_features.built_isas() == frozenset()
+    monkeypatch.delenv("CELLAR_NO_NATIVE")
+    if kernels.AVAILABLE:                             # the manifest beside the library names its builds
+        built = cpu_features.built_isas()
+        assert "scalar" in built
+        assert ("avx512vnni" in built) == ("avx512-vnni" in kernels.ISA_NAMES[: kernels.ISA_NAMES.index(kernels.best_isa()) + 1])
+
+
 def test_int8_takes(monkeypatch):
     monkeypatch.delenv("CELLAR_ISA", raising=False)
     for flags in (VNNI, AVX2):
         def t(q, shape):
-            return cpu_features.int8_takes(q, shape, flags)
+            return cpu_features.int8_takes(q, shape, flags, ALL_BUILT)
         assert t(12, (64, 256)) is True
         assert t(12, (64, 32)) is False                  # Q4_K: whole 256-value super-blocks
         assert t(13, (32, 512)) is True and t(13, (32, 288)) is False
