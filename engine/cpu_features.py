@@ -36,8 +36,6 @@ def scratch_kind(flags: frozenset[str] | set[str] | None = None) -> str:
 INT8_PREFILL_TYPES = frozenset({2, 3, 6, 7, 8, 12, 13, 14})
 INT8_AVX2_TYPES = INT8_PREFILL_TYPES - {8}
 INT8_PANEL_ROWS = 32          # its weights' rows come in panels of 32
-# the AVX2 kernel by default where there is no VNNI: see int8_prefill
-INT8_AVX2_DEFAULT = True
 
 
 def prefill_mode() -> str:
@@ -91,12 +89,9 @@ def int8_prefill(flags: frozenset[str] | set[str] | None = None, mode: str | Non
     has it, or auto on a CPU without AMX (AMX multiplies bf16 faster still)."""
     mode = prefill_mode() if mode is None else mode
     flags = cpu_flags() if flags is None else flags
-    kernel = int8_kernel(flags, built)
-    if kernel is None or mode not in ("auto", "i8"):
+    if mode not in ("auto", "i8") or int8_kernel(flags, built) is None:
         return False
-    if mode == "i8":
-        return True
-    return "amx_bf16" not in flags and (kernel == "vnni" or INT8_AVX2_DEFAULT)
+    return mode == "i8" or "amx_bf16" not in flags
 
 
 def int8_takes(qtype: int, shape: tuple[int, ...], flags: frozenset[str] | set[str] | None = None,
