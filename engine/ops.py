@@ -110,9 +110,9 @@ class Scratch:
 
     @classmethod
     def for_weights(cls, weights: Iterable[QTensor]) -> "Scratch":
-        """Sized for the largest matrix a batch dequantizes: those without the native GEMM (on both
-        real models none with CELLAR_PREFILL=gemm: the buffer is then one element; the GEMM's quantized
-        x is its own buffer)."""
+        """Sized for the largest matrix a batch dequantizes: those neither native GEMM takes (on both
+        real models none beside the int8 GEMM, or with CELLAR_PREFILL=gemm: the buffer is then one
+        element; the GEMMs' quantized x is their own buffer); batch_dtype f32 where any takes the int8 GEMM."""
         weights = list(weights)
         return cls(max((w.rows * w.cols for w in weights if not use_gemm(w) and not use_i8(w)), default=1),
                    batch_dtype=torch.float32 if any(use_i8(w) for w in weights) else None)
