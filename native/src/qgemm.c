@@ -49,18 +49,9 @@ static inline void put(pblk *p, int j, __m256i u, float d, float o) {
     p->d[j] = d; p->o[j] = o;
 }
 
-static inline __m256i nibbles(const uint8_t *qs) {   /* 16 bytes: low nibbles, then high nibbles */
-    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
-}
-
-static inline __m256i high_bits(const uint8_t *qh) {   /* 0x10 where bit i of the 32 bits is set */
-    uint32_t x; memcpy(&x, qh, 4);
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                           0x0101010101010101, 0x0000000000000000);
-    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
-    b = _mm256_or_si256(b, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-    return _mm256_and_si256(_mm256_cmpeq_epi8(b, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+/* 0x10 where bit i of the 32 bits is set (simd.h's bytes_from_bits gives 0xFF) */
+static inline __m256i high_bits(const uint8_t *qh) {
+    return _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
 }
 
 /* row `row` of the weight, all blocks, into column j of the panel's blocks p[0..cols/32) */
@@ -68,20 +59,20 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
     const int nb = cols / QK;
     switch (type) {
     case T_Q4_0: { const blk_q4_0 *x = (const void *)row;
-        for (int b = 0; b < nb; b++) { const float d = f16s(x[b].d); put(p + b, j, nibbles(x[b].qs), d, 0.f); }
+        for (int b = 0; b < nb; b++) { const float d = f16s(x[b].d); put(p + b, j, bytes_from_nibbles(x[b].qs), d, 0.f); }
         break; }
     case T_Q4_1: { const blk_q4_1 *x = (const void *)row;
-        for (int b = 0; b < nb; b++) put(p + b, j, nibbles(x[b].qs), f16s(x[b].d), f16s(x[b].m));
+        for (int b = 0; b < nb; b++) put(p + b, j, bytes_from_nibbles(x[b].qs), f16s(x[b].d), f16s(x[b].m));
         break; }
     case T_Q5_0: { const blk_q5_0 *x = (const void *)row;
         for (int b = 0; b < nb; b++) {
             const float d = f16s(x[b].d);
-            put(p + b, j, _mm256_or_si256(nibbles(x[b].qs), high_bits(x[b].qh)), d, 0.f);
+            put(p + b, j, _mm256_or_si256(bytes_from_nibbles(x[b].qs), high_bits(x[b].qh)), d, 0.f);
         }
         break; }
     case T_Q5_1: { const blk_q5_1 *x = (const void *)row;
         for (int b = 0; b < nb; b++)
-            put(p + b, j, _mm256_or_si256(nibbles(x[b].qs), high_bits(x[b].qh)), f16s(x[b].d), f16s(x[b].m));
+            put(p + b, j, _mm256_or_si256(bytes_from_nibbles(x[b].qs), high_bits(x[b].qh)), f16s(x[b].d), f16s(x[b].m));
         break; }
     case T_Q8_0: { const blk_q8_0 *x = (const void *)row;
         for (int b = 0; b < nb; b++) {
