@@ -18,12 +18,15 @@ Attention reads only cells [0, n_kv), the range in use.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from engine.quant import GGMLType, dequantize_torch
+
+if TYPE_CHECKING:
+    from engine.pages import PageWork
 
 KV_TYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "q8_0": torch.uint8}
 Q8_BLOCK, Q8_BYTES = 32, 34
@@ -137,7 +140,7 @@ class KVCache:
     """Cells shared by a group of layers, with each layer's K and V rows."""
 
     def __init__(self, name: str, layers: list[int], n_cells: int, k_width: int, v_width: int,
-                 kv_type: str = "f16", swa_window: int = 0):
+                 kv_type: str = "f16", swa_window: int = 0, pages: "PageWork | None" = None):
         if kv_type not in KV_TYPES:
             raise ValueError(f"unknown KV type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
         self.name, self.layers, self.n_cells = name, list(layers), int(n_cells)
@@ -149,9 +152,13 @@ class KVCache:
         self.shift = np.zeros(self.n_cells, dtype=np.int64)
         self.has_shift = False
         self.head = 0
-        # allocated and touched now (zeros writes every page), so the first reply allocates nothing
-        self.k = {il: torch.zeros(self.n_cells, row_width(kv_type, k_width), dtype=self.dtype) for il in layers}
-        self.v = {il: torch.zeros(self.n_cells, row_width(kv_type, v_width), dtype=self.dtype) for il in layers}
+        # allocated and touched now (zeros writes every page), so the first reply allocates nothing; with
+        # a load's PageWork, zero-filled on its thread (done before the load ends)
+        alloc = torch.zeros if pages is None else torch.empty
+        self.k = {il: alloc(self.n_cells, row_width(kv_type, k_width), dtype=self.dtype) for il in layers}
+        self.v = {il: alloc(self.n_cells, row_width(kv_type, v_width), dtype=self.dtype) for il in layers}
+        if pages is not None:
+            pages.zero([*self.k.values(), *self.v.values()])
         self._f32: tuple[torch.Tensor, torch.Tensor] | None = None     # read_f32's buffers (one layer's K, V)
 
     # ---- bookkeeping ----------------------------------------------------------------------------

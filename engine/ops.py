@@ -44,6 +44,7 @@ import torch
 
 from engine import cpu_features, kernels, split
 from engine import gpu_kernels
+from engine.pages import zeros
 from engine.quant import GGMLType, QTensor, dequantize_torch
 
 GEMV_MAX_ROWS = 8          # up to this many rows of x, the GEMV on raw blocks beats dequantize + matmul
@@ -100,8 +101,9 @@ class Scratch:
     """One dequantization buffer, sized for the largest matrix it will hold, allocated (and touched)
     once; every batched linear reuses it."""
 
-    def __init__(self, n_elements: int, dtype: torch.dtype | None = None, batch_dtype: torch.dtype | None = None):
-        self.buf = torch.zeros(max(int(n_elements), 1), dtype=dtype or SCRATCH_DTYPE)
+    def __init__(self, n_elements: int, dtype: torch.dtype | None = None, batch_dtype: torch.dtype | None = None,
+                 pages=None):
+        self.buf = zeros(pages, max(int(n_elements), 1), dtype=dtype or SCRATCH_DTYPE)
         self.ubatch = None           # engine.prefill.UbatchBuffers: the batched layer's activations
         # the type of the batched layer's activations: the scratch's, or f32 where the int8 GEMM runs (its
         # x rounded to bf16 and then to int8 moved a Gemma-3 greedy near-tie to a 0.47 gap, over the tests'
@@ -109,13 +111,13 @@ class Scratch:
         self.batch_dtype = batch_dtype or self.buf.dtype
 
     @classmethod
-    def for_weights(cls, weights: Iterable[QTensor]) -> "Scratch":
+    def for_weights(cls, weights: Iterable[QTensor], pages=None) -> "Scratch":
         """Sized for the largest matrix a batch dequantizes: those neither native GEMM takes (on both
         real models none beside the int8 GEMM, or with CELLAR_PREFILL=gemm: the buffer is then one
         element; the GEMMs' quantized x is their own buffer); batch_dtype f32 where any takes the int8 GEMM."""
         weights = list(weights)
         return cls(max((w.rows * w.cols for w in weights if not use_gemm(w) and not use_i8(w)), default=1),
-                   batch_dtype=torch.float32 if any(use_i8(w) for w in weights) else None)
+                   batch_dtype=torch.float32 if any(use_i8(w) for w in weights) else None, pages=pages)
 
     @property
     def nbytes(self) -> int:

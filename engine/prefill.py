@@ -35,7 +35,7 @@ class UbatchBuffers:
     of the matmuls, the Q/K/V products and Q/K roped (f32), V as f32 for the cache, the attention output,
     the output (and down) projection's product, gate and up (the gated product lands on gate)."""
 
-    def __init__(self, hp, rows: int, dtype: torch.dtype):
+    def __init__(self, hp, rows: int, dtype: torch.dtype, pages=None):
         nq, nk = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
         nv, na = hp.n_head_kv * hp.head_dim_v, hp.n_head * hp.head_dim_v
         self.rows, self.dtype = rows, dtype
@@ -44,7 +44,10 @@ class UbatchBuffers:
         if dtype != torch.float32:       # f32 products are roped in place and are the cache's f32 V already
             widths.update({"qr": (nq, torch.float32), "kr": (nk, torch.float32), "vf": (nv, torch.float32)})
         with torch.inference_mode(False):
-            self.t = {name: torch.zeros(rows, cols, dtype=dt) for name, (cols, dt) in widths.items()}
+            alloc = torch.zeros if pages is None else torch.empty    # pages: zero-filled on its thread
+            self.t = {name: alloc(rows, cols, dtype=dt) for name, (cols, dt) in widths.items()}
+        if pages is not None:
+            pages.zero(list(self.t.values()))
 
     @property
     def nbytes(self) -> int:
@@ -54,12 +57,12 @@ class UbatchBuffers:
         return self.t[name][:n]
 
 
-def attach_buffers(scratch: Scratch, hp, n_ubatch: int) -> None:
+def attach_buffers(scratch: Scratch, hp, n_ubatch: int, pages=None) -> None:
     """The ubatch buffers on the scratch, where NativeOps will run (the library has the ops and a ubatch
-    is longer than the GEMV takes)."""
+    is longer than the GEMV takes); pages: a load's PageWork, which zero-fills them."""
     from engine.ops import GEMV_MAX_ROWS
     if kernels.has_prefill_ops() and n_ubatch > GEMV_MAX_ROWS:
-        scratch.ubatch = UbatchBuffers(hp, n_ubatch, scratch.batch_dtype)
+        scratch.ubatch = UbatchBuffers(hp, n_ubatch, scratch.batch_dtype, pages)
 
 
 def layer_ops(x: torch.Tensor, w: dict, scratch: Scratch | None) -> "TorchOps":

@@ -29,6 +29,7 @@ from engine.models import model_class
 from engine.models.base import Step, rms_norm
 from engine.offload_model import attach
 from engine.ops import Scratch, linear
+from engine.pages import PageWork
 from engine.prefill import attach_buffers
 from engine.tokenizer import load_tokenizer
 
@@ -87,17 +88,25 @@ def _check_options(opts: LoadOptions) -> None:
 
 class Model:
     def __init__(self, gguf: GGUFFile, opts: LoadOptions, progress: Progress | None = None):
-        for _name, stage in self._stages(gguf, opts, progress):
-            stage()
+        pages = PageWork()
+        try:
+            for _name, stage in self._stages(gguf, opts, progress, pages):
+                stage()
+        except BaseException:
+            pages.wait(quiet=True)    # nothing touches the file's mapping or the buffers once this returns
+            raise
 
     @classmethod
     def staged(cls, gguf: GGUFFile, opts: LoadOptions) -> tuple["Model", list[tuple[str, Callable[[], None]]]]:
         """A model not yet built and the stages that build it, to be run in order (tools/load_profile.py
         measures each)."""
         m = cls.__new__(cls)
-        return m, m._stages(gguf, opts, None)
+        return m, m._stages(gguf, opts, None, PageWork())
 
-    def _stages(self, gguf: GGUFFile, opts: LoadOptions, progress: Progress | None):
+    def _stages(self, gguf: GGUFFile, opts: LoadOptions, progress: Progress | None, pages: PageWork):
+        """The main thread allocates the KV cache and the buffers, then builds the tokenizer (holding the
+        GIL) while a PageWork thread zero-fills them (GIL-free calls): the two overlap on two cores. The
+        last stages need both done."""
         report = progress or (lambda f, s: None)
         # torch on one thread, as every step runs it: the load's fills (the KV cache, the buffers) on an
         # OpenMP team waited a scheduler slice per call for a thread whose core was busy (SmolLM2's 60
@@ -108,22 +117,25 @@ class Model:
         self._n_keep: dict[int, int] = {}
         cls = model_class(self.arch)
 
-        def tokenizer() -> None:
-            self.tokenizer = load_tokenizer(gguf)
-            report(0.1, "tokenizer")
-
         def weights() -> None:
-            self.net = cls(gguf, lambda f, s: report(0.1 + 0.6 * f, s))
+            self.net = cls(gguf, lambda f, s: report(0.5 * f, s))
             self.n_ctx = opts.ctx if opts.ctx > 0 else self.net.hp.n_ctx_train
             self.n_ubatch = max(1, min(opts.ubatch, opts.batch, self.n_ctx))
 
         def kv_cache() -> None:
-            report(0.75, "allocating the KV cache")
-            self.kv: KVMemory = self.net.make_kv(self.n_ctx, self.n_ubatch, opts.kv_type, opts.n_seq)
+            report(0.55, "allocating the KV cache")
+            self.kv: KVMemory = self.net.make_kv(self.n_ctx, self.n_ubatch, opts.kv_type, opts.n_seq, pages)
 
         def scratch() -> None:
-            self.scratch = Scratch.for_weights(self.net.matrices())
-            attach_buffers(self.scratch, self.net.hp, self.n_ubatch)   # the batched layer's activations
+            self.scratch = Scratch.for_weights(self.net.matrices(), pages)
+            attach_buffers(self.scratch, self.net.hp, self.n_ubatch, pages)   # the batched layer's activations
+
+        def tokenizer() -> None:
+            report(0.6, "tokenizer")
+            self.tokenizer = load_tokenizer(gguf)
+
+        def buffers() -> None:
+            pages.wait()
             self.offload, self.warnings = attach(self.net, self.kv, opts)
 
         def warmup() -> None:
@@ -132,8 +144,8 @@ class Model:
                 self._warmup()
             report(1.0, "ready")
 
-        return [("tokenizer", tokenizer), ("weights", weights), ("kv cache", kv_cache), ("scratch", scratch),
-                ("warmup", warmup)]
+        return [("weights", weights), ("kv cache", kv_cache), ("scratch", scratch), ("tokenizer", tokenizer),
+                ("pages", buffers), ("warmup", warmup)]
 
     @classmethod
     def load(cls, path, opts: LoadOptions | None = None, progress: Progress | None = None) -> "Model":
@@ -144,13 +156,20 @@ class Model:
             kernels.set_threads(opts.threads)
         if progress:
             progress(0.0, "opening")
-        # weights mapped in now (not by the first prompt), except those that offload uploads to the GPU
-        g = GGUFFile.open(Path(path), mmap=opts.mmap, mlock=opts.mlock, populate=opts.gpu_layers == 0)
+        g = cls.open_file(path, opts)
         try:
             return cls(g, opts, progress)
         except BaseException:
             g.close()
             raise
+
+    @staticmethod
+    def open_file(path, opts: LoadOptions) -> GGUFFile:
+        """The model file as Model.load opens it: mapped (unless no-mmap) and its pages faulted in now (not
+        by the first prompt; MAP_POPULATE, as llama.cpp maps a model), except where offload uploads layers
+        to the GPU. (On the page thread instead, the populate's hold on the process's memory map stalled
+        the tokenizer build's own mappings: no faster.)"""
+        return GGUFFile.open(Path(path), mmap=opts.mmap, mlock=opts.mlock, populate=opts.gpu_layers == 0)
 
     def _warmup(self) -> None:
         """Reach the memory plan's peak now, so a first long prompt finds little memory gone: one full

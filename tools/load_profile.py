@@ -3,9 +3,10 @@
 
     python tools/load_profile.py MODEL.gguf [--ctx 2048] [--threads 2] [--pp 512] [--tg 16] [--py]
 
-Stages: open (header, metadata, tensor table, mapping), tokenizer, model (weights as views, norm
-copies), KV cache, dequantization scratch, warmup, then a pp-token prefill and tg decode steps as the
-bench runs them. For each: seconds, and the change of RSS split into anonymous (private: Python objects,
+Stages: open (header, metadata, tensor table, mapping), weights (views, norm copies), KV cache and
+scratch (allocated; the page thread zero-fills them), tokenizer (on the main thread meanwhile), pages
+(waiting for the page thread, then offload's setup), warmup, then a pp-token prefill and tg decode steps
+as the bench runs them. For each: seconds, and the change of RSS split into anonymous (private: Python objects,
 torch tensors, the allocator's free blocks) and file-backed (the mapped model file), from
 /proc/self/smaps_rollup; the last columns are totals over the RSS before the load, and the peak (VmHWM).
 The allocator line is glibc's mallinfo2: bytes in use and free-but-kept in its arenas after each stage.
@@ -64,7 +65,6 @@ def main() -> int:
     import torch
 
     from engine import kernels
-    from engine.gguf import GGUFFile
     from engine.runtime import LoadOptions, Model
     torch.set_num_threads(a.threads)
     kernels.set_threads(a.threads)
@@ -83,10 +83,10 @@ def main() -> int:
               f"{r['file'] - base['file']:8.1f}{r['hwm'] - base['Rss']:8.1f}   {_malloc()}")
         prev = r
 
-    # the stages of Model.__init__, one at a time (Model.load = GGUFFile.open + Model(g, opts))
+    # the stages of Model.__init__, one at a time (Model.load = Model.open_file + Model(g, opts))
     opts = LoadOptions(ctx=a.ctx, threads=a.threads)
     t = time.perf_counter()
-    g = GGUFFile.open(Path(a.model), populate=True)
+    g = Model.open_file(Path(a.model), opts)
     row("open", t)
     m, stages = Model.staged(g, opts)
     total = time.perf_counter() - t

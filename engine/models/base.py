@@ -281,19 +281,20 @@ class Transformer:
         """The layer matrices a batched linear dequantizes (the output head runs on one row only)."""
         return [t for layer in self.layers for t in layer.values() if isinstance(t, QTensor) and len(t.shape) == 2]
 
-    def make_kv(self, n_ctx: int, ubatch: int, kv_type: str, n_seq: int = 1) -> KVMemory:
+    def make_kv(self, n_ctx: int, ubatch: int, kv_type: str, n_seq: int = 1, pages=None) -> KVMemory:
         """One global cache of n_ctx cells, and for sliding-window layers one of
-        min(n_ctx, window * n_seq + ubatch) (each of n_seq sequences keeps its own window)."""
+        min(n_ctx, window * n_seq + ubatch) (each of n_seq sequences keeps its own window); pages: a
+        load's engine.pages.PageWork, which zero-fills them on its thread."""
         hp = self.hp
         for base, scale in {hp.rope_of(il) for il in range(hp.n_layer)}:
             self.ropes[(base, scale)] = Rope(hp.n_rot, base, hp.rope_neox, n_ctx, scale)
         kw, vw = hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim_v
         glob = [il for il in range(hp.n_layer) if il not in hp.swa_layers]
         swa = [il for il in range(hp.n_layer) if il in hp.swa_layers]
-        caches = [KVCache("global", glob, n_ctx, kw, vw, kv_type)]
+        caches = [KVCache("global", glob, n_ctx, kw, vw, kv_type, pages=pages)]
         if swa:
             n_swa = min(n_ctx, hp.swa_window * max(1, n_seq) + ubatch)
-            caches.append(KVCache("swa", swa, n_swa, kw, vw, kv_type, hp.swa_window))
+            caches.append(KVCache("swa", swa, n_swa, kw, vw, kv_type, hp.swa_window, pages=pages))
         mem = KVMemory(caches)
         decode_native.attach(self, mem)           # one-token layers in one native call (decode)
         return mem

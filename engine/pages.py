@@ -1,0 +1,90 @@
+"""A load's page work on a second thread: faulting in the model file's mapping and zero-filling the
+buffers it allocates (KV cache, scratch, ubatch activations).
+
+Each job is one call that releases the GIL (madvise through ctypes, torch._foreach_zero_), so the thread
+runs them while the main thread builds the tokenizer, which holds the GIL throughout (Python, then HF
+tokenizers' Rust build). At the end of a load everything is as it was when the main thread did it all:
+the file's pages mapped in and every buffer written, so the first reply faults nothing in.
+
+    pages = PageWork()
+    pages.submit(g.populate)
+    kv = torch.empty(...); pages.zero([kv])
+    ...                                 # the main thread's own work
+    pages.wait()                        # done, or the job's error raised here
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Sequence
+
+import torch
+
+_STOP = object()
+
+
+class PageWork:
+    """Jobs run in order on one daemon thread, started by the first submit."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._inline = False
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run job on the thread; inline where no thread can start (e.g. its stack does not fit under an
+        address-space cap: the job's own errors then raise here, as without a PageWork)."""
+        if self._thread is None and not self._inline:
+            t = threading.Thread(target=self._run, name="cellar-load-pages", daemon=True)
+            try:
+                t.start()
+                self._thread = t
+            except RuntimeError:                 # "can't start new thread"
+                self._inline = True
+        if self._inline:
+            job()
+        else:
+            self._jobs.put(job)
+
+    def zero(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Zero-fill tensors made with torch.empty (one call for all of them)."""
+        tensors = [t for t in tensors if t.numel()]
+        if tensors:
+            self.submit(lambda: _zero(tensors))
+
+    def empty(self, *size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """torch.zeros(*size, dtype), zero-filled on the thread."""
+        t = torch.empty(*size, dtype=dtype)
+        self.zero([t])
+        return t
+
+    def wait(self, quiet: bool = False) -> None:
+        """Every job done; the first error a job raised is raised here (the rest were skipped), unless
+        quiet (the caller is raising its own)."""
+        if self._thread is not None:
+            self._jobs.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        err, self._error = self._error, None
+        if err is not None and not quiet:
+            raise err
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not _STOP:
+            if self._error is None:
+                try:
+                    job()
+                except BaseException as e:      # noqa: BLE001 (handed to wait())
+                    self._error = e
+
+
+def _zero(tensors: list[torch.Tensor]) -> None:
+    # in-place writes to tensors made under inference mode must happen under it (a per-thread state)
+    with torch.inference_mode():
+        torch._foreach_zero_(tensors)
+
+
+def zeros(pages: PageWork | None, *size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """torch.zeros, or a tensor the page thread zero-fills when a load has one."""
+    return torch.zeros(*size, dtype=dtype) if pages is None else pages.empty(*size, dtype=dtype)
