@@ -14,6 +14,7 @@ the file's pages mapped in and every buffer written, so the first reply faults n
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from typing import Callable, Sequence
@@ -24,7 +25,10 @@ _STOP = object()
 
 
 class PageWork:
-    """Jobs run in order on one daemon thread, started by the first submit."""
+    """Jobs for a daemon thread, started by the first submit; wait() runs what the thread has not taken
+    yet on the caller's thread, so the two share the rest once the caller's own work is done."""
+
+    CHUNK = 4 << 20          # bytes zeroed per job: small enough for the two threads to share the fill
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -48,10 +52,21 @@ class PageWork:
             self._jobs.put(job)
 
     def zero(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Zero-fill tensors made with torch.empty (one call for all of them)."""
-        tensors = [t for t in tensors if t.numel()]
-        if tensors:
-            self.submit(lambda: _zero(tensors))
+        """Zero-fill contiguous tensors made with torch.empty: one GIL-free call per CHUNK bytes."""
+        group: list[torch.Tensor] = []
+        size = 0
+        for t in tensors:
+            flat = t.view(-1)
+            step = max(1, self.CHUNK // t.element_size())
+            for a in range(0, flat.numel(), step):
+                part = flat[a:a + step]
+                group.append(part)
+                size += part.numel() * t.element_size()
+                if size >= self.CHUNK:
+                    self.submit(functools.partial(_zero, group))
+                    group, size = [], 0
+        if group:
+            self.submit(functools.partial(_zero, group))
 
     def empty(self, *size: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """torch.zeros(*size, dtype), zero-filled on the thread."""
@@ -60,9 +75,16 @@ class PageWork:
         return t
 
     def wait(self, quiet: bool = False) -> None:
-        """Every job done; the first error a job raised is raised here (the rest were skipped), unless
-        quiet (the caller is raising its own)."""
+        """Every job done (those still queued run here, beside the thread); the first error a job raised
+        is raised here, unless quiet (the caller is raising its own); after an error the jobs not yet
+        begun are skipped."""
         if self._thread is not None:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                self._do(job)
             self._jobs.put(_STOP)
             self._thread.join()
             self._thread = None
@@ -70,13 +92,17 @@ class PageWork:
         if err is not None and not quiet:
             raise err
 
+    def _do(self, job: Callable[[], None]) -> None:
+        if self._error is None:
+            try:
+                job()
+            except BaseException as e:      # noqa: BLE001 (handed to wait())
+                if self._error is None:
+                    self._error = e
+
     def _run(self) -> None:
         while (job := self._jobs.get()) is not _STOP:
-            if self._error is None:
-                try:
-                    job()
-                except BaseException as e:      # noqa: BLE001 (handed to wait())
-                    self._error = e
+            self._do(job)
 
 
 def _zero(tensors: list[torch.Tensor]) -> None:

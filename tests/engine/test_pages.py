@@ -1,5 +1,6 @@
 """engine.pages: a load's zero-fills on a second thread."""
 import threading
+import time
 
 import pytest
 import torch
@@ -17,18 +18,42 @@ def test_zero_fills_garbage_and_waits():
     assert all(int(torch.count_nonzero(t)) == 0 for t in ts)
 
 
-def test_jobs_run_in_order_on_another_thread_and_errors_reach_wait():
-    pages, seen = PageWork(), []
+def test_jobs_run_on_another_thread_and_errors_reach_wait():
+    pages, seen, go = PageWork(), [], threading.Event()
     pages.submit(lambda: seen.append(threading.current_thread() is threading.main_thread()))
 
     def bad():
+        go.wait(5)
         raise MemoryError("no room")
     pages.submit(bad)
+    go.set()
+    for _ in range(500):            # until the thread has met the error
+        if pages._error is not None:
+            break
+        time.sleep(0.01)
     pages.submit(lambda: seen.append("after the error"))
     with pytest.raises(MemoryError, match="no room"):
         pages.wait()
-    assert seen == [False]          # off the main thread; nothing after the failed job
+    assert seen == [False]          # off the main thread; nothing begun after the failed job
     pages.wait()                    # the error was handed over once
+
+
+def test_wait_shares_the_queued_fills_and_the_chunks_cover_everything(monkeypatch):
+    monkeypatch.setattr(PageWork, "CHUNK", 4096)
+    pages = PageWork()
+    ts = [torch.full((3000 + i, 3), 7.0, dtype=dt) for i, dt in enumerate((torch.float16, torch.float32))]
+    ts.append(torch.full((5,), 7.0))
+    ran_here = []
+    real = PageWork._do
+
+    def spy(self, job):
+        ran_here.append(threading.current_thread() is threading.main_thread())
+        real(self, job)
+    monkeypatch.setattr(PageWork, "_do", spy)
+    pages.zero(ts)
+    pages.wait()
+    assert all(int(torch.count_nonzero(t)) == 0 for t in ts)
+    assert len(ran_here) > 10       # chunks of 4096 bytes
 
 
 def test_quiet_wait_keeps_the_callers_error():
