@@ -74,6 +74,11 @@ class StringArray(Sequence):
     def nbytes(self) -> int:
         return len(self._blob) + self._offs.nbytes
 
+    def blob_and_offsets(self) -> tuple[bytes, np.ndarray]:
+        """(the blob, the n + 1 offsets as contiguous int64): element i is blob[offs[i] + 1 : offs[i + 1]]
+        (for C)."""
+        return self._blob, np.ascontiguousarray(self._offs, dtype=np.int64)
+
     def lengths(self) -> np.ndarray:
         """Each element's length in bytes (int64)."""
         return np.diff(self._offs.astype(np.int64)) - 1

@@ -1,0 +1,105 @@
+"""native/src/bpe.c (engine/tokenizer/bpe_native.py): the same ids as HF tokenizers' BPE on SmolLM2's
+vocabulary for any text, the rules it must keep on small vocabularies, and bad vocabularies."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from engine import kernels
+from engine.errors import BadModelFile
+from engine.gguf import GGUFFile
+from engine.gguf_strings import StringArray
+from engine.tokenizer import tokenizer_from_metadata
+from engine.tokenizer.bpe import BPEEncoder, pre_tokenizer_for
+from engine.tokenizer.bpe_native import NativeBPEEncoder
+from engine.tokenizer.token_keys import vocab_index
+
+pytestmark = pytest.mark.skipif(kernels.bpe_library() is None, reason="the native library is not built")
+
+
+@pytest.fixture(scope="module")
+def smollm2_pair(smollm2_path):
+    meta = GGUFFile.open(smollm2_path, read_data=False).metadata
+    pre = pre_tokenizer_for(meta["tokenizer.ggml.pre"])
+    native = NativeBPEEncoder.build(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"], pre)
+    _, index = vocab_index(meta, as_bytes=False)
+    return native, BPEEncoder(index, meta["tokenizer.ggml.merges"], pre)
+
+
+TEXT = st.lists(st.sampled_from(list("aeZ09 \n\t.,'!?-_()<>") + ["é", "漢", "字", "🙂", "\u0301", "Ġ", "Ä", "\x00",
+                                                                "\r", "ſ", "ß", "ﬁ", "'re", "'S", "   ", "the",
+                                                                " and", "ing", "1234"]),
+                max_size=40).map("".join) | st.text(max_size=40)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(TEXT)
+def test_same_ids_as_hf_tokenizers(smollm2_pair, text):
+    native, hf = smollm2_pair
+    assert native.encode(text) == hf.encode(text)
+
+
+def test_same_ids_on_a_long_document_and_the_same_token_lookups(smollm2_pair):
+    native, hf = smollm2_pair
+    text = open(__file__, encoding="utf-8").read() * 3 + "日本語のテキストです。😀 " * 50
+    assert native.encode(text) == hf.encode(text)
+    for piece in ("Hello", "Ġthe", "<|im_start|>", "", "no such token at all", "Ċ"):
+        assert native.token_id(piece) == hf.token_id(piece), piece
+
+
+def _meta(tokens, merges, pre="gpt-2"):
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+            "tokenizer.ggml.tokens": StringArray.from_strings(tokens),
+            "tokenizer.ggml.merges": StringArray.from_strings(merges)}
+
+
+def test_lowest_rank_first_then_leftmost():
+    toks = ["a", "b", "c", "ab", "bc", "aa", "aaa"]
+    tok = tokenizer_from_metadata(_meta(toks, ["b c", "a b", "a a", "aa a"]))
+    assert isinstance(tok._enc, NativeBPEEncoder)
+    assert tok.encode("abc") == [0, 4]               # "b c" ranks first: a + bc, not ab + c
+    assert tok.encode("aaaa") == [5, 5]             # "a a" at the left first, twice; "aa a" never meets
+    assert tok.encode("aaa") == [6]                 # aa + a
+
+
+def test_a_merge_listed_twice_keeps_its_first_rank():
+    """llama.cpp's bpe_ranks keeps the first rank of a pair (emplace); HF tokenizers keeps the last."""
+    toks = ["a", "b", "c", "ab", "bc"]
+    tok = tokenizer_from_metadata(_meta(toks, ["a b", "b c", "a b"]))
+    assert tok.encode("abc") == [3, 2]
+    tok = tokenizer_from_metadata(_meta(toks, ["b c", "a b", "b c"]))
+    assert tok.encode("abc") == [0, 4]
+
+
+def test_characters_outside_the_vocabulary_block_merges_and_are_dropped_as_llama_cpp_does():
+    """llama.cpp keeps such a character as a symbol (no pair has it) and drops it at the end; HF
+    tokenizers drops it first, so that "axb" merges to "ab" there."""
+    toks = ["a", "b", "ab"]
+    tok = tokenizer_from_metadata(_meta(toks, ["a b"]))
+    assert tok.encode("axb") == [0, 1] and tok.encode("ab") == [2] and tok.encode("xabx") == [2]
+
+
+def test_ignore_merges_takes_a_whole_token():
+    """llama-3's pre-tokenizers: a piece that is a token is taken whole, though no merge chain makes it."""
+    toks = ["h", "e", "l", "o", "hello", "he"]
+    tok = tokenizer_from_metadata(_meta(toks, ["h e"], pre="llama3"))
+    assert tok.encode("hello") == [4]
+    tok = tokenizer_from_metadata(_meta(toks, ["h e"], pre="gpt-2"))
+    assert tok.encode("hello") == [5, 2, 2, 3]
+
+
+def test_a_token_listed_twice_is_a_bad_model_file():
+    with pytest.raises(BadModelFile, match=r"duplicate tokens \(token 2, b'a'"):
+        tokenizer_from_metadata(_meta(["a", "b", "a"], ["a b"]))
+
+
+def test_a_vocabulary_with_an_empty_token_takes_hf_tokenizers():
+    tok = tokenizer_from_metadata(_meta(["a", "", "b", "ab"], ["a b"]))
+    assert isinstance(tok._enc, BPEEncoder) and tok.encode("ab") == [3]
+
+
+def test_merges_that_are_no_pair_are_skipped():
+    toks = ["a", "b", "ab"]
+    for merges in (["ab"], ["a"], [""], ["a b c"], ["x y", "a b"]):
+        tok = tokenizer_from_metadata(_meta(toks, merges))
+        assert tok.encode("ab") == ([2] if "a b" in merges else [0, 1]), merges
