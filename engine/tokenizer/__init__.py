@@ -4,8 +4,9 @@
     ids = tok.encode("Hello", add_special=True)
 
 "llama" vocabularies (SentencePiece, e.g. Gemma) run llama.cpp's score-ordered merge in spm.py;
-"gpt2" vocabularies (byte-level BPE, e.g. SmolLM2) run HF tokenizers with llama.cpp's
-pre-tokenizer regexes (bpe.py). Special-token text is split out first, as llama.cpp does (vocab.py).
+"gpt2" vocabularies (byte-level BPE, e.g. SmolLM2) are split by HF tokenizers' pre-tokenizer with
+llama.cpp's regexes, then merged in C (bpe_native.py), or by HF tokenizers' BPE without the native
+library (bpe.py). Special-token text is split out first, as llama.cpp does (vocab.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Byte-level BPE (GGUF tokenizer.ggml.model == "gpt2") with llama.cpp's pre-tokenizer regexes.
 
-The merge loop and byte-level mapping run in HF `tokenizers` (Rust), built directly from the GGUF
-vocabulary and merges: split by each of the pre-type's regexes in turn (llama.cpp applies them in
+Where the native library is built, the merges run in C (bpe_native.py); this module's BPEEncoder is
+the path without it. Its merge loop and byte-level mapping run in HF `tokenizers` (Rust), built directly
+from the GGUF vocabulary and merges: split by each of the pre-type's regexes in turn (llama.cpp applies them in
 sequence, keeping the text between matches), map bytes to GPT-2's printable characters, then merge
 by rank, lowest first, leftmost on ties -- the same order as llama.cpp's llm_tokenizer_bpe_session.
 """
@@ -92,6 +93,14 @@ def pre_tokenizer_for(pre: str) -> PreTokenizer:
     return p
 
 
+def pre_tokenizer(pre: PreTokenizer) -> pre_tokenizers.PreTokenizer:
+    """HF tokenizers' pre-tokenizer for llama.cpp's: the regexes in turn (the text between matches kept),
+    then GPT-2's byte-to-character map."""
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
 def merge_pairs(token_to_id: dict[str, int], merges: Sequence[str]) -> list[tuple[str, str]]:
     """GGUF merges "a b" (split at the first space after the first character) as (a, b) pairs, keeping
     only those whose a, b and a + b are tokens (HF tokenizers refuses the others; llama.cpp can never
@@ -133,9 +142,7 @@ class BPEEncoder:
             pairs = merge_pairs(token_to_id, merges)
             bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges)
         tok = Tokenizer(bpe)
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
-            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.pre_tokenizer = pre_tokenizer(pre)
         self._tok = tok
 
     def token_id(self, text: str) -> int | None:

@@ -1,8 +1,10 @@
-"""Byte-level BPE with the merges in C (native/src/bpe.c): the same tokens as bpe.BPEEncoder (HF
-tokenizers' BPE), built in a few ms from the GGUF's string arrays instead of ~30 ms from Python objects.
+"""Byte-level BPE with the merges in C (native/src/bpe.c): llama.cpp's tokens, as bpe.BPEEncoder's (HF
+tokenizers' BPE) but for two rules where HF parts from llama.cpp on malformed vocabularies (bpe.c says
+which). The whole tokenizer builds in 11-15 ms on SmolLM2's 49152 tokens and 48900 merges, against
+64-119 ms through HF's BPE (fresh processes, 2-core EPYC).
 
 HF tokenizers still splits the text (llama.cpp's pre-tokenizer regexes, then GPT-2's byte-to-character
-map): its pre-tokenizer alone builds in ~1 ms. The pieces go to C in one buffer, 0-separated, and
+map): its pre-tokenizer alone builds in under 1 ms. The pieces go to C in one buffer, 0-separated, and
 come back as ids. Used where the library has it and the vocabulary is StringArrays without empty tokens;
 elsewhere bpe.BPEEncoder runs.
 """
@@ -11,19 +13,10 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
-from tokenizers import Regex, pre_tokenizers
-
 from engine import kernels
 from engine.errors import BadModelFile
 from engine.gguf_strings import StringArray
-from engine.tokenizer.bpe import PreTokenizer
-
-
-def pre_tokenizer(pre: PreTokenizer):
-    """llama.cpp's regexes in turn (the text between matches kept), then GPT-2's byte-level map."""
-    return pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+from engine.tokenizer.bpe import PreTokenizer, pre_tokenizer
 
 
 class NativeBPEEncoder:
