@@ -124,6 +124,21 @@ class BPEEncoder:
         # the headroom is checked first (twice what the build measured: SmolLM2's 49152 tokens and 48900
         # merges took 12 MiB of address space at its peak)
         require_address_space(350 * len(token_to_id) + 170 * len(merges), "building the BPE tokenizer")
+        # a character that is no token must stay in the word, merging with nothing, and then be dropped, as
+        # llama.cpp does (HF drops it first, so its neighbours could merge): it becomes an unknown token
+        # outside the vocabulary's ids, taken out of every encoding
+        unk = "<|cellar-unknown|>"
+        while unk in token_to_id:
+            unk += "#"
+        self._unk = len(token_to_id)
+        token_to_id[unk] = self._unk
+        try:
+            self._tok = self._build(token_to_id, merges, pre, unk)
+        finally:
+            del token_to_id[unk]
+
+    @staticmethod
+    def _build(token_to_id: dict[str, int], merges: Sequence[str], pre: PreTokenizer, unk: str) -> Tokenizer:
         bpe = None
         split = merges.split_pairs() if isinstance(merges, StringArray) else None
         if split is not None:
@@ -134,19 +149,23 @@ class BPEEncoder:
             pairs = list(zip(*split))
             del split
             try:
-                bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges)
+                bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges, unk_token=unk)
             except Exception:
                 bpe = None
             del pairs
         if bpe is None:
             pairs = merge_pairs(token_to_id, merges)
-            bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges)
+            bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges, unk_token=unk)
         tok = Tokenizer(bpe)
         tok.pre_tokenizer = pre_tokenizer(pre)
-        self._tok = tok
+        return tok
 
     def token_id(self, text: str) -> int | None:
-        return self._tok.token_to_id(text)
+        i = self._tok.token_to_id(text)
+        return None if i == self._unk else i
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids if text else []
+        if not text:
+            return []
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        return [i for i in ids if i != self._unk] if self._unk in ids else ids

@@ -72,11 +72,18 @@ def test_a_merge_listed_twice_keeps_its_first_rank():
 
 
 def test_characters_outside_the_vocabulary_block_merges_and_are_dropped_as_llama_cpp_does():
-    """llama.cpp keeps such a character as a symbol (no pair has it) and drops it at the end; HF
-    tokenizers drops it first, so that "axb" merges to "ab" there."""
+    """llama.cpp keeps such a character as a symbol (no pair has it) and drops it at the end (HF
+    tokenizers' BPE on its own drops it first, so that "axb" would merge to "ab": BPEEncoder makes it an
+    unknown token outside the vocabulary and takes that out)."""
     toks = ["a", "b", "ab"]
-    tok = tokenizer_from_metadata(_meta(toks, ["a b"]))
-    assert tok.encode("axb") == [0, 1] and tok.encode("ab") == [2] and tok.encode("xabx") == [2]
+    for native in (True, False):
+        meta = _meta(toks, ["a b"])
+        tok = tokenizer_from_metadata(meta) if native else None
+        enc = tok._enc if native else BPEEncoder({t: i for i, t in enumerate(toks)}, meta["tokenizer.ggml.merges"],
+                                                  pre_tokenizer_for("gpt-2"))
+        assert isinstance(enc, NativeBPEEncoder if native else BPEEncoder)
+        assert enc.encode("axb") == [0, 1] and enc.encode("ab") == [2] and enc.encode("xabx") == [2]
+        assert enc.encode("x") == [] and enc.token_id("x") is None
 
 
 def test_ignore_merges_takes_a_whole_token():

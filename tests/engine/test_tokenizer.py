@@ -237,6 +237,17 @@ def test_bpe_merges_outside_the_vocabulary_are_dropped_from_a_string_array(bpe_b
         assert tok.vocab.token_to_id["ab"] == 3 and 5 in tok.eog_ids
 
 
+def test_a_byte_outside_the_vocabulary_merges_with_nothing_as_llama_cpp(toks):
+    """SmolLM2's vocabulary has no token for byte 0x06 ("Ć" in GPT-2's map). llama.cpp keeps it in the
+    word, where no merge takes it, and drops it at the end: "/\x06<" is "/", "<" (llama-cpp-python 0.3.36,
+    the shared peer, 2026-12-07), not the merged "/<" (31194) HF tokenizers' BPE gives when it drops the
+    byte first."""
+    tok = toks["smollm2"]
+    assert tok.encode("/\x06<") == [31, 44]
+    assert tok.encode("a\x06b") == [81, 82] and tok.encode("\x06") == []
+    assert tok.encode("ab\x07cd") == [369, 195, 13133]
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_build_leaves_the_cyclic_collector_as_it_was(enabled):
     import gc
