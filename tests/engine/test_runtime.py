@@ -275,8 +275,12 @@ def test_peak_rss_after_a_full_context_stays_near_the_first_ubatch_peak(smollm2_
     the allocator keeping the per-ubatch temporaries' freed blocks; +1.05-1.22% with the buffers made at
     load (glibc's default settings: the environment is the user's). On a 2-core Zen 4 EPYC (2026-12-07)
     +2.0-3.2%, the tree of 2026-12-06 alike (+2.5-2.8%): glibc's bytes in use grow ~2.5 MiB a ubatch past
-    the first there (not Python's: tracemalloc sees nothing), source not found yet; the bound is 4%, over which
-    most of the +3.2-6.8% of kept temporaries would still fail."""
+    the first there (not Python's: tracemalloc sees nothing). That is MKL's own memory manager keeping the
+    f32 attention products' packing buffers at the largest size met so far (the cells grow every ubatch):
+    with MKL_DISABLE_FAST_MM=1 the bytes in use stay flat (158.9 MiB) and the growth is +0.4% against +1.8%
+    (same run). Left on: it is bounded by the largest product, and prefill speed moved -3% / +8% (SmolLM2 /
+    Gemma-3, noise-sized) without it. The bound is 4%, over which most of the +3.2-6.8% of kept temporaries
+    would still fail."""
     ctx = 2048
     r = subprocess.run([sys.executable, "-c", RSS_PROBE, str(smollm2_path), str(ctx)], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
