@@ -143,15 +143,17 @@ class BPEEncoder:
         split = merges.split_pairs() if isinstance(merges, StringArray) else None
         if split is not None:
             # tokenizers checks every merge's a, b and a + b against the vocabulary as it builds, and
-            # raises (an Exception, not a panic) on the first that is missing: a well-formed file's list
+            # raises on the first that is missing (or panics, below): a well-formed file's list
             # goes in unchecked here (SmolLM2: 25-30 ms of a ~100 ms build on a 2-core EPYC), one with a
             # merge llama.cpp could never apply takes merge_pairs, which drops it
             pairs = list(zip(*split))
             del split
             try:
                 bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges, unk_token=unk)
-            except Exception:
-                bpe = None
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:       # noqa: BLE001 (tokenizers 0.23 panics, a BaseException, on some
+                bpe = None              # merges whose join is no token: 'c🙂 é漢漢漢'; merge_pairs drops them)
             del pairs
         if bpe is None:
             pairs = merge_pairs(token_to_id, merges)

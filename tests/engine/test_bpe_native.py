@@ -110,3 +110,48 @@ def test_merges_that_are_no_pair_are_skipped():
     for merges in (["ab"], ["a"], [""], ["a b c"], ["x y", "a b"]):
         tok = tokenizer_from_metadata(_meta(toks, merges))
         assert tok.encode("ab") == ([2] if "a b" in merges else [0, 1]), merges
+
+
+ALPHABET = ["a", "b", "c", "é", "漢", "🙂", "Ġ"]
+
+
+@st.composite
+def vocab_and_merges(draw):
+    """A vocabulary of the alphabet's characters and some joins of them, and merges over its tokens
+    (some naming no token, none listed twice), in a random order of ranks."""
+    toks = list(ALPHABET)
+    for _ in range(draw(st.integers(0, 25))):
+        t = draw(st.sampled_from(toks)) + draw(st.sampled_from(toks))
+        if t not in toks:
+            toks.append(t)
+    merges, seen = [], set()
+    for _ in range(draw(st.integers(0, 40))):
+        a, b = draw(st.sampled_from(toks + ["zz"])), draw(st.sampled_from(toks))
+        if (a, b) not in seen:
+            seen.add((a, b))
+            merges.append(f"{a} {b}")
+    return toks, merges
+
+
+@settings(max_examples=300, deadline=None)
+@given(vocab_and_merges(), st.lists(st.sampled_from(ALPHABET + ["x", " "]), max_size=30).map("".join))
+def test_random_merge_tables_give_hf_tokenizers_ids(vm, text):
+    """The merge order on tables unlike any real one: the C merge and HF's agree token for token."""
+    toks, merges = vm
+    meta = _meta(toks, merges)
+    native = NativeBPEEncoder.build(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"],
+                                    pre_tokenizer_for("gpt-2"))
+    hf = BPEEncoder({t: i for i, t in enumerate(toks)}, meta["tokenizer.ggml.merges"], pre_tokenizer_for("gpt-2"))
+    got = native.encode(text)
+    assert got == hf.encode(text)
+    assert all(0 <= i < len(toks) for i in got)
+
+
+def test_a_merge_that_makes_hf_tokenizers_panic_is_dropped_on_both_paths():
+    """tokenizers 0.23 panics (PanicException, not an Exception) building a BPE with the merge
+    'c🙂 é漢漢漢' whose join is no token; the HF path drops it as it drops any such merge."""
+    toks = ["c", "🙂", "é", "漢", "c🙂", "é漢", "é漢漢", "é漢漢漢", "a", "b", "ab"]
+    meta = _meta(toks, ["c 🙂", "c🙂 é漢漢漢", "é 漢", "é漢 漢", "a b"])
+    native = tokenizer_from_metadata(meta)
+    hf = BPEEncoder({t: i for i, t in enumerate(toks)}, meta["tokenizer.ggml.merges"], pre_tokenizer_for("gpt-2"))
+    assert native.encode("abc") == hf.encode("abc") == [10, 0]
