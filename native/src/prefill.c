@@ -224,11 +224,15 @@ static void glu_rows(const pf_job *j, int64_t r0, int64_t r1) {
     if (!g) return;
     float *u = g + n;
     for (int64_t r = r0; r < r1; r++) {
-        load_f32(j->kind_a, (const uint8_t *)j->a + r * j->as * kind_size(j->kind_a), n, g);
-        load_f32(j->kind_b, (const uint8_t *)j->b + r * j->bs * kind_size(j->kind_b), n, u);
-        if (j->op == PF_GELU) dec_geglu_row(n, g, u);
-        else swiglu_row(n, g, u);
-        store_kind(j->kind_out, g, n, (uint8_t *)j->out + r * j->os * kind_size(j->kind_out));
+        /* f32 rows are read and written where they are (the product lands on gate: no copies) */
+        float *gr = j->kind_out == PF_F32 ? (float *)j->out + r * j->os : g;
+        const float *ur = u;
+        load_f32(j->kind_a, (const uint8_t *)j->a + r * j->as * kind_size(j->kind_a), n, gr);
+        if (j->kind_b == PF_F32) ur = (const float *)j->b + r * j->bs;
+        else load_f32(j->kind_b, (const uint8_t *)j->b + r * j->bs * kind_size(j->kind_b), n, u);
+        if (j->op == PF_GELU) dec_geglu_row(n, gr, ur);
+        else swiglu_row(n, gr, ur);
+        if (gr == g) store_kind(j->kind_out, g, n, (uint8_t *)j->out + r * j->os * kind_size(j->kind_out));
     }
 }
 
