@@ -131,7 +131,7 @@ class Model:
             attach_buffers(self.scratch, self.net.hp, self.n_ubatch, pages)   # the batched layer's activations
 
         def tokenizer() -> None:
-            report(0.6, "tokenizer")
+            report(0.6, "building the tokenizer")
             self.tokenizer = load_tokenizer(gguf)
 
         def buffers() -> None:
