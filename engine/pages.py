@@ -1,16 +1,12 @@
-"""A load's page work on a second thread: faulting in the model file's mapping and zero-filling the
-buffers it allocates (KV cache, scratch, ubatch activations).
-
-Each job is one call that releases the GIL (madvise through ctypes, torch._foreach_zero_), so the thread
-runs them while the main thread builds the tokenizer, which holds the GIL throughout (Python, then HF
-tokenizers' Rust build). At the end of a load everything is as it was when the main thread did it all:
-the file's pages mapped in and every buffer written, so the first reply faults nothing in.
+"""A load's zero-fills on a second thread: the KV cache, the scratch and the ubatch activations are made
+with torch.empty and written with zeros by a helper thread, in jobs of one GIL-free call each
+(torch._foreach_zero_), while the main thread builds the tokenizer. At the end of a load everything is
+as it was when the main thread did it all: every buffer written, so the first reply faults nothing in.
 
     pages = PageWork()
-    pages.submit(g.populate)
-    kv = torch.empty(...); pages.zero([kv])
+    kv = pages.empty(n_cells, width, dtype=torch.float16)     # or torch.empty(...) and pages.zero([...])
     ...                                 # the main thread's own work
-    pages.wait()                        # done, or the job's error raised here
+    pages.wait()                        # done (what is left runs here too), or a job's error raised here
 """
 from __future__ import annotations
 

@@ -105,15 +105,15 @@ def merge_pairs(token_to_id: dict[str, int], merges: Sequence[str]) -> list[tupl
     """GGUF merges "a b" (split at the first space after the first character) as (a, b) pairs, keeping
     only those whose a, b and a + b are tokens (HF tokenizers refuses the others; llama.cpp can never
     apply them). BPEEncoder comes here only when a list went to tokenizers whole and was refused."""
-    pairs = []
+    pairs = {}
     for m in merges:
         i = m.find(" ", 1)
         if i < 0:
             continue
         a, b = m[:i], m[i + 1:]
         if a in token_to_id and b in token_to_id and a + b in token_to_id:
-            pairs.append((a, b))
-    return pairs
+            pairs.setdefault((a, b))           # listed twice: the first rank, as llama.cpp
+    return list(pairs)
 
 
 class BPEEncoder:
@@ -146,8 +146,8 @@ class BPEEncoder:
             # raises on the first that is missing (or panics, below): a well-formed file's list
             # goes in unchecked here (SmolLM2: 25-30 ms of a ~100 ms build on a 2-core EPYC), one with a
             # merge llama.cpp could never apply takes merge_pairs, which drops it
-            pairs = list(zip(*split))
-            del split
+            pairs = list(dict.fromkeys(zip(*split)))     # a pair listed twice keeps its first rank, as in
+            del split                                     # llama.cpp (HF would keep the last)
             try:
                 bpe = models.BPE(vocab=token_to_id, merges=pairs, ignore_merges=pre.ignore_merges, unk_token=unk)
             except (KeyboardInterrupt, SystemExit):

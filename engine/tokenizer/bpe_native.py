@@ -1,6 +1,5 @@
 """Byte-level BPE with the merges in C (native/src/bpe.c): llama.cpp's tokens, as bpe.BPEEncoder's (HF
-tokenizers' BPE) but for two rules where HF parts from llama.cpp on malformed vocabularies (bpe.c says
-which). The whole tokenizer builds in 11-15 ms on SmolLM2's 49152 tokens and 48900 merges, against
+tokenizers' BPE, made to follow llama.cpp where HF alone would not: bpe.c says where). The whole tokenizer builds in 11-15 ms on SmolLM2's 49152 tokens and 48900 merges, against
 64-119 ms through HF's BPE (fresh processes, 2-core EPYC).
 
 HF tokenizers still splits the text (llama.cpp's pre-tokenizer regexes, then GPT-2's byte-to-character
@@ -13,6 +12,7 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
+
 from engine import kernels
 from engine.errors import BadModelFile
 from engine.gguf_strings import StringArray

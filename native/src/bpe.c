@@ -3,7 +3,7 @@
  * The tokens and merges arrive as engine/gguf_strings.py's blobs: element i is blob[offs[i] + 1 .. offs[i + 1]).
  * Two open-addressing tables: token text -> id, and (left id, right id) -> (rank, merged id) for every merge
  * "a b" (split at the first space after the first character) whose a, b and a + b are tokens; a pair listed
- * twice keeps its first rank, as llama.cpp's bpe_ranks does. Building them is a few ms where HF tokenizers'
+ * twice keeps its first rank, as llama.cpp's bpe_ranks does (HF tokenizers' BPE alone keeps the last). Building them is a few ms where HF tokenizers'
  * BPE took ~30 ms from Python objects.
  *
  * Encoding takes pre-tokenized pieces (already mapped to GPT-2's printable characters), separated by 0 bytes
