@@ -70,21 +70,25 @@ def _load_library():
         lib.cellar_trig_f32.argtypes = [i64, vp, vp, vp]
         lib.cellar_trig_f32.restype = None
     _bind_prefill(lib)
-    if hasattr(lib, "cellar_bpe_new"):       # the BPE tokenizer's tables and merges (native/src/bpe.c)
-        lib.cellar_bpe_new.argtypes = [vp, vp, i64, vp, vp, i64, vp]
-        lib.cellar_bpe_new.restype = vp
-        lib.cellar_bpe_free.argtypes = [vp]
-        lib.cellar_bpe_free.restype = None
-        lib.cellar_bpe_token_id.argtypes = [vp, ctypes.c_char_p, i64]
-        lib.cellar_bpe_token_id.restype = i32
+    if hasattr(lib, "cellar_vocab_new"):     # the tokenizer's tables, BPE and SentencePiece merges
+        lib.cellar_vocab_new.argtypes = [vp, vp, i64, vp, vp, i64, vp]     # (native/src/vocab.c, bpe.c, spm.c)
+        lib.cellar_vocab_new.restype = vp
+        lib.cellar_vocab_free.argtypes = [vp]
+        lib.cellar_vocab_free.restype = None
+        lib.cellar_vocab_token_id.argtypes = [vp, ctypes.c_char_p, i64]
+        lib.cellar_vocab_token_id.restype = i32
+        lib.cellar_vocab_set_spm.argtypes = [vp, vp, vp]
+        lib.cellar_vocab_set_spm.restype = i32
         lib.cellar_bpe_encode.argtypes = [vp, ctypes.c_char_p, i64, i32, vp]
         lib.cellar_bpe_encode.restype = i64
+        lib.cellar_spm_encode.argtypes = [vp, ctypes.c_char_p, i64, vp]
+        lib.cellar_spm_encode.restype = i64
     return lib
 
 
-def bpe_library():
-    """The library, where it has the BPE tokenizer's functions (engine/tokenizer/bpe_native.py); else None."""
-    return _lib if _lib is not None and hasattr(_lib, "cellar_bpe_new") else None
+def vocab_library():
+    """The library, where it has the tokenizer's functions (engine/tokenizer/native.py); else None."""
+    return _lib if _lib is not None and hasattr(_lib, "cellar_vocab_new") else None
 
 
 def _bind_prefill(lib) -> None:

@@ -27,9 +27,10 @@ KV_TYPES = {"f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34)}     # (values per b
 # measured once on the reference machine (torch 2.13 CPU, Linux x86-64) with `memory_probe.py baseline`.
 BASE_RSS = 224 * MiB
 METADATA_FACTOR = 1.12        # Python objects of the GGUF metadata vs the sum of their sizes (allocator slack)
-TOKENIZER_PER_TOKEN = 175     # bytes per vocabulary entry (id map, scores, attributes)
-TOKENIZER_PER_MERGE = 340     # bytes per BPE merge in HF tokenizers' BPE model (without the native library)
-TOKENIZER_PER_MERGE_C = 45    # in native/src/bpe.c's pair table (16-byte slots, at least half empty)
+TOKENIZER_PER_TOKEN = 175     # bytes per vocabulary entry (id map, scores, attributes) without the library
+TOKENIZER_PER_MERGE = 340     # bytes per BPE merge in HF tokenizers' BPE model (without the library)
+TOKENIZER_PER_TOKEN_C = 57    # with the library's tables (native/src/vocab.c): fitted on Gemma-3 (no merges)
+TOKENIZER_PER_MERGE_C = 153   # ... and on SmolLM2: the pair table and the BPE pre-tokenizer's regexes
 CUDA_HOST_RSS = 400 * MiB     # host RSS the CUDA runtime and cuBLAS add once a GPU is used (estimate)
 
 # ---- fits / tight / won't fit -----------------------------------------------------------------------------
@@ -241,8 +242,9 @@ class _Model:
         h = hparams(g)
         layers += [{} for _ in range(h.n_layer - len(layers))]     # layers without tensors weigh nothing
         from engine.cpu_features import built_isas
-        per_merge = TOKENIZER_PER_MERGE_C if built_isas() else TOKENIZER_PER_MERGE
-        tok = (TOKENIZER_PER_TOKEN * len(g.get("tokenizer.ggml.tokens") or ())
+        per_token, per_merge = ((TOKENIZER_PER_TOKEN_C, TOKENIZER_PER_MERGE_C) if built_isas()
+                                else (TOKENIZER_PER_TOKEN, TOKENIZER_PER_MERGE))
+        tok = (per_token * len(g.get("tokenizer.ggml.tokens") or ())
                + per_merge * len(g.get("tokenizer.ggml.merges") or ()))
         return cls(g, h, layers, output, other, _metadata_bytes(g.metadata), tok)
 

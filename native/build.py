@@ -26,7 +26,7 @@ KERNEL_SOURCES += ("decode.c",)        # one-token decoder layer
 COMMON_SOURCES += ("decode_entry.c",)
 KERNEL_SOURCES += ("prefill.c", "softmax.c")       # the batched layer's small ops, attention's softmax
 COMMON_SOURCES += ("prefill_entry.c",)
-COMMON_SOURCES += ("bpe.c",)           # byte-level BPE tables and merges (the tokenizer)
+COMMON_SOURCES += ("vocab.c", "bpe.c", "spm.c")   # the tokenizer: vocabulary tables, BPE and SentencePiece merges
 BASE_FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-pthread", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 
 # (ISA number in common.h, flags); the scalar build uses the compiler's baseline only

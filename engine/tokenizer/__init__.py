@@ -3,10 +3,10 @@
     tok = load_tokenizer(GGUFFile.open(path, read_data=False))
     ids = tok.encode("Hello", add_special=True)
 
-"llama" vocabularies (SentencePiece, e.g. Gemma) run llama.cpp's score-ordered merge in spm.py;
-"gpt2" vocabularies (byte-level BPE, e.g. SmolLM2) are split by HF tokenizers' pre-tokenizer with
-llama.cpp's regexes, then merged in C (bpe_native.py), or by HF tokenizers' BPE without the native
-library (bpe.py). Special-token text is split out first, as llama.cpp does (vocab.py).
+"llama" vocabularies (SentencePiece, e.g. Gemma) run llama.cpp's score-ordered merge in C (native.py),
+or in Python without the native library (spm.py); "gpt2" vocabularies (byte-level BPE, e.g. SmolLM2)
+are split by HF tokenizers' pre-tokenizer with llama.cpp's regexes, then merged in C (native.py), or by
+HF tokenizers' BPE without the native library (bpe.py). Special-token text is split out first, as llama.cpp does (vocab.py).
 """
 from __future__ import annotations
 
@@ -53,15 +53,23 @@ def _build(meta: dict[str, Any]) -> Tokenizer:
     from engine.tokenizer.vocab import load_vocab
 
     model = meta.get("tokenizer.ggml.model")
+    from engine.tokenizer.native import NativeBPEEncoder, NativeSPMEncoder, VocabTable
+    from engine.tokenizer.token_keys import token_keys
     if model == "llama":
         from engine.tokenizer.spm import SPMEncoder
+        # the table and the merges in C where the library has them, else a dict of byte strings in Python
+        table = VocabTable.build(meta.get("tokenizer.ggml.tokens"))
+        if table is not None:
+            tokens, _ = token_keys(meta["tokenizer.ggml.tokens"], as_bytes=True, keys=False)
+            vocab = load_vocab(meta, tokens, table.token_id)
+            enc = NativeSPMEncoder(table)
+            if enc.set_scores(vocab.scores):
+                return Tokenizer(vocab, enc, clean_spaces=False)
         tokens, index = vocab_index(meta, as_bytes=True)
         vocab = load_vocab(meta, tokens, lambda text: index.get(text.encode()))
         return Tokenizer(vocab, SPMEncoder(index, vocab.scores), clean_spaces=False)
     if model == "gpt2":
         from engine.tokenizer.bpe import BPEEncoder, pre_tokenizer_for
-        from engine.tokenizer.bpe_native import NativeBPEEncoder
-        from engine.tokenizer.token_keys import token_keys
         pre = pre_tokenizer_for(str(meta.get("tokenizer.ggml.pre") or "default"))
         merges = meta.get("tokenizer.ggml.merges")
         if not isinstance(merges, (list, StringArray)):

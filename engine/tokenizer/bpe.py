@@ -1,6 +1,6 @@
 """Byte-level BPE (GGUF tokenizer.ggml.model == "gpt2") with llama.cpp's pre-tokenizer regexes.
 
-Where the native library is built, the merges run in C (bpe_native.py); this module's BPEEncoder is
+Where the native library is built, the merges run in C (native.py); this module's BPEEncoder is
 the path without it. Its merge loop and byte-level mapping run in HF `tokenizers` (Rust), built directly
 from the GGUF vocabulary and merges: split by each of the pre-type's regexes in turn (llama.cpp applies them in
 sequence, keeping the text between matches), map bytes to GPT-2's printable characters, then merge

@@ -1,7 +1,8 @@
 """SentencePiece-style tokenization (GGUF tokenizer.ggml.model == "llama"), as llama.cpp's
 llm_tokenizer_spm_session does it: start from single characters, repeatedly merge the adjacent pair
 whose concatenation is the highest-scoring vocabulary token (leftmost on ties), and spell anything
-left outside the vocabulary as <0xXX> byte tokens."""
+left outside the vocabulary as <0xXX> byte tokens. The path without the native library (or with a NaN
+score); native/src/spm.c orders its candidates exactly as this heap does."""
 from __future__ import annotations
 
 from array import array

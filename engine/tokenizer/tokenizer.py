@@ -6,6 +6,7 @@ from typing import Iterable
 
 from engine.errors import BadRequest
 from engine.tokenizer.bpe import BPEEncoder, decode_text
+from engine.tokenizer.native import NativeSPMEncoder
 from engine.tokenizer.spm import SPACE, SPMEncoder
 from engine.tokenizer.stream import StreamDecoder
 from engine.tokenizer.vocab import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, Vocab
@@ -17,7 +18,7 @@ class Tokenizer:
     def __init__(self, vocab: Vocab, encoder: SPMEncoder | BPEEncoder, *, clean_spaces: bool = False):
         self.vocab = vocab
         self._enc = encoder
-        self._spm = isinstance(encoder, SPMEncoder)
+        self._spm = isinstance(encoder, (SPMEncoder, NativeSPMEncoder))
         self.clean_spaces = clean_spaces
         self.n_vocab = vocab.n_vocab
         self.bos_id = vocab.bos_id

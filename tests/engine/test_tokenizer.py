@@ -19,23 +19,23 @@ CORPUS = json.loads((Path(__file__).parents[1] / "data" / "tokenizer_corpus.json
 MODELS = ("smollm2", "gemma3")
 
 
-@pytest.fixture(scope="module", params=["native", "hf"])
-def bpe_backend(request):
-    """Byte-level BPE's merges in C (bpe_native) or in HF tokenizers (bpe.BPEEncoder, where the library is
-    not built): every BPE test runs on both."""
+@pytest.fixture(scope="module", params=["native", "python"])
+def backend(request):
+    """The merges in C (tokenizer/native.py) or, as where the library is not built, in HF tokenizers' BPE
+    (bpe.BPEEncoder) and Python's SentencePiece loop (spm.SPMEncoder): every tokenizer test runs on both."""
     from engine import kernels
-    from engine.tokenizer.bpe_native import NativeBPEEncoder
-    if request.param == "native" and kernels.bpe_library() is None:
+    from engine.tokenizer.native import VocabTable
+    if request.param == "native" and kernels.vocab_library() is None:
         pytest.skip("the native library is not built")
     mp = pytest.MonkeyPatch()
-    if request.param == "hf":
-        mp.setattr(NativeBPEEncoder, "build", classmethod(lambda cls, *a: None))
+    if request.param == "python":
+        mp.setattr(VocabTable, "build", classmethod(lambda cls, *a: None))
     yield request.param
     mp.undo()
 
 
 @pytest.fixture(scope="module")
-def toks(smollm2_path, gemma3_path, bpe_backend) -> dict[str, Tokenizer]:
+def toks(smollm2_path, gemma3_path, backend) -> dict[str, Tokenizer]:
     out = {}
     for name, path in (("smollm2", smollm2_path), ("gemma3", gemma3_path)):
         g = GGUFFile.open(path, read_data=False)
@@ -214,7 +214,7 @@ def test_clean_spaces_pass():
 
 
 @pytest.mark.parametrize("pre", sorted(CORPUS["smollm2_pre_variants"]))
-def test_other_bpe_pre_tokenizers_match_llama_cpp(smollm2_path, pre, bpe_backend):
+def test_other_bpe_pre_tokenizers_match_llama_cpp(smollm2_path, pre, backend):
     """SmolLM2's vocabulary under each other pre-tokenizer (llama3 digit triples, qwen2, gpt-2, ...)."""
     meta = dict(GGUFFile.open(smollm2_path, read_data=False).metadata, **{"tokenizer.ggml.pre": pre})
     tok = tokenizer_from_metadata(meta)
@@ -223,7 +223,7 @@ def test_other_bpe_pre_tokenizers_match_llama_cpp(smollm2_path, pre, bpe_backend
     assert [(t, r) for t, r in zip(texts, ref) if tok.encode(t) != r] == []
 
 
-def test_bpe_merges_outside_the_vocabulary_are_dropped_from_a_string_array(bpe_backend):
+def test_bpe_merges_outside_the_vocabulary_are_dropped_from_a_string_array(backend):
     """Merges as the reader gives them (a StringArray): one naming a token outside the vocabulary, or
     whose join is not a token, sends the list through the one-by-one filter (HF tokenizers refuses it)."""
     from engine.gguf_strings import StringArray

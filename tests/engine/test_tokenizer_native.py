@@ -1,7 +1,9 @@
-"""native/src/bpe.c (engine/tokenizer/bpe_native.py): the same ids as HF tokenizers' BPE on SmolLM2's
-vocabulary for any text, the rules it must keep on small vocabularies, and bad vocabularies."""
+"""The tokenizer in C (native/src/vocab.c, bpe.c, spm.c; engine/tokenizer/native.py): the same ids as HF
+tokenizers' BPE on SmolLM2's vocabulary and as Python's SentencePiece loop on Gemma-3's for any text, on
+random merge tables, the rules it must keep on small vocabularies, and bad vocabularies."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -11,10 +13,11 @@ from engine.gguf import GGUFFile
 from engine.gguf_strings import StringArray
 from engine.tokenizer import tokenizer_from_metadata
 from engine.tokenizer.bpe import BPEEncoder, pre_tokenizer_for
-from engine.tokenizer.bpe_native import NativeBPEEncoder
+from engine.tokenizer.spm import SPMEncoder
+from engine.tokenizer.native import NativeBPEEncoder, NativeSPMEncoder, VocabTable
 from engine.tokenizer.token_keys import vocab_index
 
-pytestmark = pytest.mark.skipif(kernels.bpe_library() is None, reason="the native library is not built")
+pytestmark = pytest.mark.skipif(kernels.vocab_library() is None, reason="the native library is not built")
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +157,67 @@ def test_a_merge_that_makes_hf_tokenizers_panic_is_dropped_on_both_paths():
     native = tokenizer_from_metadata(meta)
     hf = BPEEncoder({t: i for i, t in enumerate(toks)}, meta["tokenizer.ggml.merges"], pre_tokenizer_for("gpt-2"))
     assert native.encode("abc") == hf.encode("abc") == [10, 0]
+
+
+# ---- SentencePiece -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gemma3_pair(gemma3_path):
+    """Gemma-3's tokenizer with the merges in C, and with Python's loop (spm.SPMEncoder)."""
+    meta = GGUFFile.open(gemma3_path, read_data=False).metadata
+    native = tokenizer_from_metadata(meta)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(VocabTable, "build", classmethod(lambda cls, *a: None))
+    try:
+        python = tokenizer_from_metadata(meta)
+    finally:
+        mp.undo()
+    assert isinstance(native._enc, NativeSPMEncoder) and isinstance(python._enc, SPMEncoder)
+    return native, python
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(TEXT)
+def test_spm_same_ids_as_the_python_loop(gemma3_pair, text):
+    native, python = gemma3_pair
+    assert native.encode(text, parse_special=False) == python.encode(text, parse_special=False)
+    assert native.encode(text, add_special=True) == python.encode(text, add_special=True)
+
+
+def test_spm_same_ids_on_a_long_document(gemma3_pair):
+    native, python = gemma3_pair
+    text = open(__file__, encoding="utf-8").read() * 2 + " 日本語のテキストです。😀\ud800x " * 40
+    assert native.encode(text) == python.encode(text)
+
+
+def _spm_meta(tokens, scores, types=None):
+    n = len(tokens)
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": StringArray.from_strings(tokens),
+            "tokenizer.ggml.scores": np.asarray(scores, dtype=np.float32),
+            "tokenizer.ggml.token_type": np.asarray(types or [1] * n, dtype=np.int32),
+            "tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.bos_token_id": 0,
+            "tokenizer.ggml.eos_token_id": 0, "tokenizer.ggml.unknown_token_id": 0}
+
+
+def test_spm_highest_score_first_then_leftmost_then_bytes():
+    toks = ["<unk>", "a", "b", "ab", "bb", "abb"] + [f"<0x{b:02X}>" for b in range(256)]
+    scores = [0, -1, -1, -3, -2, -1] + [-10] * 256
+    types = [2, 1, 1, 1, 1, 1] + [6] * 256
+    for build in ("native", "python"):
+        mp = pytest.MonkeyPatch()
+        if build == "python":
+            mp.setattr(VocabTable, "build", classmethod(lambda cls, *a: None))
+        try:
+            tok = tokenizer_from_metadata(_spm_meta(toks, scores, types))
+        finally:
+            mp.undo()
+        assert isinstance(tok._enc, NativeSPMEncoder if build == "native" else SPMEncoder)
+        assert tok.encode("abb") == [5], build             # "bb" (-2) before "ab" (-3), then "a"+"bb"
+        assert tok.encode("bbb") == [4, 2], build          # ties: the leftmost pair first
+        e_acute = [6 + 0xC3, 6 + 0xA9]
+        assert tok.encode("aé") == [1] + e_acute, build    # no token: its UTF-8 bytes' tokens
+
+
+def test_spm_nan_scores_take_the_python_loop():
+    toks = ["<unk>", "a", "b", "ab"]
+    tok = tokenizer_from_metadata(_spm_meta(toks, [0, -1, float("nan"), -1]))
+    assert isinstance(tok._enc, SPMEncoder) and tok.encode("ab") == [3]
