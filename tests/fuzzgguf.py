@@ -345,8 +345,8 @@ def m_vocab(doc: Doc, rng: random.Random) -> str:
                 for _ in range(3):
                     vals[rng.randrange(len(vals))] = rng.choice([-1, 0, 6, 7, 2**31 - 1, 100])
             tt.value = (tt.value[0], vals)
-            if toks and rng.random() < 0.5:
-                i = rng.randrange(len(vals))
+            if toks and vals and rng.random() < 0.5:
+                i = rng.randrange(min(len(vals), len(toks)))      # an earlier mutation may have cut either
                 vals[i] = 6                          # a byte token whose text is not <0xXX>
                 toks[i] = rng.choice(["ab", "<0x", "<0xG1>", ""])
     elif what == "scores":
