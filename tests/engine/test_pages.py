@@ -87,3 +87,29 @@ def test_runs_inline_when_no_thread_can_start(monkeypatch):
     with pytest.raises(ZeroDivisionError):
         pages.submit(lambda: 1 / 0)
     pages.wait()
+
+
+def test_a_load_returns_with_every_buffer_written_even_over_garbage(tmp_path, monkeypatch):
+    """Model.load's buffers come from torch.empty and are filled on the page thread: when load returns,
+    the KV cache and the ubatch buffers hold zeros, whatever the allocator handed out (here: 0xFF bytes,
+    NaN as f16/f32), and the thread is gone."""
+    from engine.runtime import LoadOptions, Model
+    from tests.ggufgen import tiny_llama
+    real_empty = torch.empty
+
+    def dirty_empty(*size, **kw):
+        t = real_empty(*size, **kw)
+        t.view(-1).view(torch.uint8).fill_(0xFF)
+        return t
+    monkeypatch.setattr(torch, "empty", dirty_empty)
+    path = tiny_llama(tmp_path / "tiny.gguf")
+    m = Model.load(path, LoadOptions(ctx=256, threads=2, warmup=False))
+    monkeypatch.setattr(torch, "empty", real_empty)
+    try:
+        kv = [t for c in m.kv.caches for d in (c.k, c.v) for t in d.values()]
+        assert kv and all(int(torch.count_nonzero(t)) == 0 for t in kv)
+        if m.scratch.ubatch is not None:
+            assert all(int(torch.count_nonzero(t)) == 0 for t in m.scratch.ubatch.t.values())
+        assert not any(t.name == "cellar-load-pages" for t in threading.enumerate())
+    finally:
+        m.close()
