@@ -15,33 +15,10 @@
 typedef struct { int32_t id, prev, next, alive; } sym_t;
 typedef struct { int32_t rank, pos, id; } cand_t;
 
-static inline int cand_less(cand_t a, cand_t c) { return a.rank < c.rank || (a.rank == c.rank && a.pos < c.pos); }
-
-static void heap_push(cand_t *h, int64_t *n, cand_t c) {
-    int64_t i = (*n)++;
-    while (i > 0) {
-        int64_t p = (i - 1) / 2;
-        if (!cand_less(c, h[p])) break;
-        h[i] = h[p];
-        i = p;
-    }
-    h[i] = c;
+static inline int cand_less(const cand_t *a, const cand_t *c) {
+    return a->rank < c->rank || (a->rank == c->rank && a->pos < c->pos);
 }
-
-static cand_t heap_pop(cand_t *h, int64_t *n) {
-    cand_t top = h[0], last = h[--(*n)];
-    int64_t i = 0;
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= *n) break;
-        if (c + 1 < *n && cand_less(h[c + 1], h[c])) c++;
-        if (!cand_less(h[c], last)) break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i] = last;
-    return top;
-}
+DEFINE_HEAP(heap, cand_t, cand_less)
 
 static void try_pair(const vocab_t *b, const sym_t *sy, int32_t pos, cand_t *heap, int64_t *nh) {
     int32_t nx = sy[pos].next, rank;

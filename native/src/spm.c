@@ -17,31 +17,7 @@ static inline int spm_less(const spm_cand *a, const spm_cand *b) {
     return a->size < b->size;
 }
 
-static void spm_push(spm_cand *h, int64_t *n, spm_cand c) {
-    int64_t i = (*n)++;
-    while (i > 0) {
-        int64_t p = (i - 1) / 2;
-        if (!spm_less(&c, &h[p])) break;
-        h[i] = h[p];
-        i = p;
-    }
-    h[i] = c;
-}
-
-static spm_cand spm_pop(spm_cand *h, int64_t *n) {
-    spm_cand top = h[0], last = h[--(*n)];
-    int64_t i = 0;
-    for (;;) {
-        int64_t c = 2 * i + 1;
-        if (c >= *n) break;
-        if (c + 1 < *n && spm_less(&h[c + 1], &h[c])) c++;
-        if (!spm_less(&h[c], &last)) break;
-        h[i] = h[c];
-        i = c;
-    }
-    h[i] = last;
-    return top;
-}
+DEFINE_HEAP(spm, spm_cand, spm_less)
 
 /* queue the join of the symbols at a (a_len bytes on) and b if it is a token */
 static void spm_try(const vocab_t *v, const uint8_t *d, int32_t a, int32_t b, int32_t end, spm_cand *h, int64_t *nh) {

@@ -28,4 +28,31 @@ int32_t vocab_pair(const vocab_t *v, int32_t l, int32_t r, int32_t *rank);
 static inline int utf8_len(uint8_t c) {
     return c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
 }
+/* A binary min-heap of T under LESS(const T *, const T *): NAME_push(h, &n, item), NAME_pop(h, &n) (the
+ * merge candidates of bpe.c and spm.c). */
+#define DEFINE_HEAP(NAME, T, LESS)                                              \
+    static void NAME##_push(T *h, int64_t *n, T c) {                            \
+        int64_t i = (*n)++;                                                     \
+        while (i > 0) {                                                         \
+            int64_t p = (i - 1) / 2;                                            \
+            if (!LESS(&c, &h[p])) break;                                        \
+            h[i] = h[p];                                                        \
+            i = p;                                                              \
+        }                                                                       \
+        h[i] = c;                                                               \
+    }                                                                           \
+    static T NAME##_pop(T *h, int64_t *n) {                                     \
+        T top = h[0], last = h[--(*n)];                                         \
+        int64_t i = 0;                                                          \
+        for (;;) {                                                              \
+            int64_t c = 2 * i + 1;                                              \
+            if (c >= *n) break;                                                 \
+            if (c + 1 < *n && LESS(&h[c + 1], &h[c])) c++;                      \
+            if (!LESS(&h[c], &last)) break;                                     \
+            h[i] = h[c];                                                        \
+            i = c;                                                              \
+        }                                                                       \
+        h[i] = last;                                                            \
+        return top;                                                             \
+    }
 #endif
