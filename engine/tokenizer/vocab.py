@@ -53,6 +53,7 @@ class Vocab:
     eog_ids: frozenset[int]
     specials: list[tuple[str, int, int]] = field(default_factory=list)   # (text, id, attr), longest first
     _index: dict[str, int] | None = field(default=None, repr=False)
+    _special_keys: list[int] | None = field(default=None, repr=False)     # partition's prefilter keys
 
     @property
     def n_vocab(self) -> int:
@@ -72,9 +73,11 @@ class Vocab:
         frags: list[str | int] = [text] if text else []
         skip = (CONTROL | UNKNOWN) if not parse_special else 0
         # a special token can only occur if its first (up to) 3 characters do: a cheap prefilter
-        heads = {text[i:i + k] for k in (1, 2, 3) for i in range(len(text) - k + 1)}
-        for stext, sid, attr in self.specials:
-            if attr & skip or stext[:3] not in heads or not any(type(f) is str and stext in f for f in frags):
+        heads = _heads(text)
+        if self._special_keys is None:
+            self._special_keys = [_key(stext[:3]) for stext, _, _ in self.specials]
+        for (stext, sid, attr), skey in zip(self.specials, self._special_keys):
+            if attr & skip or skey not in heads or not any(type(f) is str and stext in f for f in frags):
                 continue
             out: list[str | int] = []
             for f in frags:
@@ -100,6 +103,35 @@ class Vocab:
                             pos += 1
             frags = out
         return frags
+
+
+def _codes(text: str) -> np.ndarray:
+    """The text's code points + 1 as int64 (lone surrogates included): 1 to 0x110000, under 2^21, never 0,
+    so that the keys of 1, 2 and 3 characters differ."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64) + 1
+
+
+def _key(head: str) -> int:
+    """1-3 characters as one int: 21 bits a character (63 bits at most), as _codes numbers them."""
+    k = 0
+    for ch in head:
+        k = (k << 21) | (ord(ch) + 1)
+    return k
+
+
+def _heads(text: str) -> set[int]:
+    """_key of every substring of 1, 2 and 3 characters of text, made by numpy over its code points (a
+    set of str slices cost ~0.4 us a character: 55 ms of 108 for 140k characters)."""
+    c = _codes(text)
+    out: set[int] = set()
+    for k in (1, 2, 3):
+        if len(c) < k:
+            break
+        key = np.zeros(len(c) - k + 1, dtype=np.int64)
+        for j in range(k):
+            key = (key << 21) | c[j:len(c) - k + 1 + j]
+        out.update(np.unique(key).tolist())
+    return out
 
 
 def _id(meta: dict[str, Any], key: str, default: int | None, n: int) -> int | None:

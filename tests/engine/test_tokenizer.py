@@ -258,3 +258,13 @@ def test_the_build_leaves_the_cyclic_collector_as_it_was(enabled):
         assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", "b", "<", "|", "\x00", "\U0010ffff", "\ud800", "😀", "日"]), max_size=20))
+def test_special_token_prefilter_keys_every_substring_of_up_to_3_characters(text):
+    """vocab.partition looks for a special token only where its first 1-3 characters occur in the text: the
+    numpy keys must be exactly those of every substring of 1, 2 and 3 characters (else a special token
+    would go unsplit)."""
+    from engine.tokenizer.vocab import _heads, _key
+    assert _heads(text) == {_key(text[i:i + k]) for k in (1, 2, 3) for i in range(len(text) - k + 1)}
