@@ -6,7 +6,8 @@
 "llama" vocabularies (SentencePiece, e.g. Gemma) run llama.cpp's score-ordered merge in C (native.py),
 or in Python without the native library (spm.py); "gpt2" vocabularies (byte-level BPE, e.g. SmolLM2)
 are split by HF tokenizers' pre-tokenizer with llama.cpp's regexes, then merged in C (native.py), or by
-HF tokenizers' BPE without the native library (bpe.py). Special-token text is split out first, as llama.cpp does (vocab.py).
+HF tokenizers' BPE without the native library (bpe.py). Special-token text is split out first, as
+llama.cpp does (vocab.py).
 """
 from __future__ import annotations
 
@@ -49,18 +50,17 @@ def tokenizer_from_metadata(meta: dict[str, Any]) -> Tokenizer:
 
 
 def _build(meta: dict[str, Any]) -> Tokenizer:
-    from engine.tokenizer.token_keys import vocab_index
+    from engine.tokenizer.native import NativeBPEEncoder, NativeSPMEncoder, VocabTable
+    from engine.tokenizer.token_keys import checked_texts, vocab_index
     from engine.tokenizer.vocab import load_vocab
 
     model = meta.get("tokenizer.ggml.model")
-    from engine.tokenizer.native import NativeBPEEncoder, NativeSPMEncoder, VocabTable
-    from engine.tokenizer.token_keys import token_keys
     if model == "llama":
         from engine.tokenizer.spm import SPMEncoder
         # the table and the merges in C where the library has them, else a dict of byte strings in Python
         table = VocabTable.build(meta.get("tokenizer.ggml.tokens"))
         if table is not None:
-            tokens, _ = token_keys(meta["tokenizer.ggml.tokens"], as_bytes=True, keys=False)
+            tokens = checked_texts(meta["tokenizer.ggml.tokens"])
             vocab = load_vocab(meta, tokens, table.token_id)
             enc = NativeSPMEncoder(table)
             if enc.set_scores(vocab.scores):
@@ -77,7 +77,7 @@ def _build(meta: dict[str, Any]) -> Tokenizer:
         # the merges in C where the library has them (a few ms), else in HF tokenizers (~30 ms to build)
         enc = NativeBPEEncoder.build(meta.get("tokenizer.ggml.tokens"), merges, pre)
         if enc is not None:
-            tokens, _ = token_keys(meta["tokenizer.ggml.tokens"], as_bytes=False, keys=False)
+            tokens = checked_texts(meta["tokenizer.ggml.tokens"])
         else:
             # the encoder first: the str map and merge pairs it takes are gone before the vocabulary's
             # lasting objects are made (they would pin the allocator's arenas the transients filled)

@@ -22,6 +22,7 @@ from engine import kernels
 from engine.errors import BadModelFile
 from engine.gguf_strings import StringArray
 from engine.tokenizer.bpe import PreTokenizer, pre_tokenizer
+from engine.tokenizer.spm import byte_tokens
 
 
 class VocabTable:
@@ -108,15 +109,11 @@ class NativeSPMEncoder:
         scores = np.ascontiguousarray(scores, dtype=np.float32)
         if np.isnan(scores).any():
             return False
-        byte_tok = np.array([-1 if (t := self._byte_token(b)) is None else t for b in range(256)], dtype=np.int32)
+        found = byte_tokens(lambda text: self.token_id(text.decode()))
+        byte_tok = np.array([-1 if t is None else t for t in found], dtype=np.int32)
         if self._t._lib.cellar_vocab_set_spm(self._t._h, scores.ctypes.data, byte_tok.ctypes.data) != 0:
             raise MemoryError("no memory for the tokenizer's scores")
-        self._scores = scores
         return True
-
-    def _byte_token(self, b: int) -> int | None:
-        t = self.token_id(f"<0x{b:02X}>")
-        return t if t is not None else self.token_id(chr(b)) if b < 128 else None
 
     def encode(self, text: str) -> list[int]:
         data = text.encode("utf-8", "surrogatepass")

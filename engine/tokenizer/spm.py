@@ -7,10 +7,20 @@ from __future__ import annotations
 
 from array import array
 from heapq import heapify, heappop, heappush
+from typing import Callable
 
 import numpy as np
 
 SPACE = "\u2581"   # ▁, SentencePiece's escaped space
+
+
+def byte_tokens(find: Callable[[bytes], int | None]) -> list[int | None]:
+    """Each byte's fallback token, found by its text: <0xXX>, or for an ASCII byte the byte itself."""
+    out: list[int | None] = []
+    for b in range(256):
+        t = find(f"<0x{b:02X}>".encode())
+        out.append(t if t is not None else find(bytes((b,))) if b < 128 else None)
+    return out
 
 
 class SPMEncoder:
@@ -18,11 +28,7 @@ class SPMEncoder:
         self._ids = token_to_id                 # keyed by UTF-8 bytes: half the memory of str keys
         # negated scores, 4 bytes a token (a list of Python floats took 32): exact, they are float32
         self._neg = array("f", (-np.asarray(scores, dtype=np.float32)).tobytes())
-        self._bytes = [self._byte_token(b) for b in range(256)]
-
-    def _byte_token(self, b: int) -> int | None:
-        t = self._ids.get(f"<0x{b:02X}>".encode())
-        return t if t is not None else self._ids.get(bytes((b,))) if b < 128 else None
+        self._bytes = byte_tokens(self._ids.get)
 
     def encode(self, text: str) -> list[int]:
         """Text whose spaces are already escaped to ▁ -> ids. Symbols are byte spans of its UTF-8 (one

@@ -23,16 +23,19 @@ def vocab_index(meta: dict[str, Any], as_bytes: bool) -> tuple[Sequence[str], di
     return texts, index
 
 
-def token_keys(raw: Any, as_bytes: bool, keys: bool = True) -> tuple[Sequence[str], list]:
+def checked_texts(raw: StringArray) -> StringArray:
+    """The token texts of a StringArray with no empty token (the native tables hold the keys), checked to
+    be UTF-8 in one decode of its bytes."""
+    try:
+        raw.blob_and_offsets()[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(raw) from None
+    return raw
+
+
+def token_keys(raw: Any, as_bytes: bool) -> tuple[Sequence[str], list]:
     """(the token texts, id -> str; the keys, id -> str or bytes) of tokenizer.ggml.tokens. A StringArray
-    stays the texts (decoded when asked); its keys come from one pass over its bytes. keys=False (a
-    StringArray with no empty token): the texts only, checked to be UTF-8, and no keys."""
-    if isinstance(raw, StringArray) and not keys:
-        try:
-            raw.blob_and_offsets()[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise _not_utf8(raw) from None
-        return raw, []
+    stays the texts (decoded when asked); its keys come from one pass over its bytes."""
     if isinstance(raw, StringArray):
         texts: Sequence[str] = raw
         if as_bytes:
