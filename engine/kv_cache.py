@@ -17,6 +17,8 @@ Attention reads only cells [0, n_kv), the range in use.
 """
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable
 
@@ -109,6 +111,14 @@ class CellMask:
         if self._full is None:
             self._full = self._f32(self.visible(0, len(self.pos)))
         return self._full
+
+    def rows(self, rows: list[int]) -> "CellMask":
+        """The mask of query rows `rows` alone, over the same cells (the last layer of a prompt)."""
+        m = copy.copy(self)
+        m.pos = self.pos[rows]
+        m.bits = self.bits if isinstance(self.bits, int) else self.bits[rows]
+        m._full = None
+        return m
 
     def block(self, r0: int, r1: int) -> tuple[int, int, torch.Tensor]:
         """The cells [c0, c1) that any of query rows r0..r1 may see (a causal prompt skips those after its

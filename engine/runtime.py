@@ -237,8 +237,9 @@ class Model:
         self.gguf.close()
 
     # ---- evaluation --------------------------------------------------------------------------------
-    def _step(self, ids: list[int], pos0: int, seq_id: int) -> torch.Tensor:
-        """One ubatch at positions pos0.. of seq_id; logits of its last token."""
+    def _step(self, ids: list[int], pos0: int, seq_id: int, logits: bool = True) -> torch.Tensor:
+        """One ubatch at positions pos0.. of seq_id; logits of its last token (logits=False: none, the
+        ubatch only fills the cache: a long prompt's ubatches but the last)."""
         pos = np.arange(pos0, pos0 + len(ids), dtype=np.int64)
         slots = self.kv.find_slot(pos, seq_id)
         if slots is None:
@@ -247,14 +248,14 @@ class Model:
         names = [c.name for c in self.kv.caches]
         n_kv = {c.name: c.n_kv() for c in self.kv.caches}
         masks = StepMasks({c.name: c.cell_mask(pos, seq_id, n_kv[c.name]) for c in self.kv.caches})
-        step = Step(ids, pos, seq_id, dict(zip(names, slots)), n_kv, masks)
+        step = Step(ids, pos, seq_id, dict(zip(names, slots)), n_kv, masks, out_rows=None if logits else [])
         # torch stays on one thread: the native kernels and ops' matmul split share the work between
         # threads that join when scheduled, where an OpenMP team waits for all of its threads
         torch.set_num_threads(1)
         with torch.inference_mode():
-            logits = self.net.forward(step, self.kv, self.scratch)
+            out = self.net.forward(step, self.kv, self.scratch)
         self._cached.setdefault(seq_id, []).extend(ids)
-        return logits
+        return out
 
     def eval_batch(self, batch: Sequence[tuple[int, Sequence[int]]]) -> torch.Tensor:
         """One forward step over tokens of several sequences. batch = [(seq_id, ids), ...] with distinct
@@ -326,7 +327,8 @@ class Model:
         for i in range(0, len(ids), self.n_ubatch):
             if i and should_cancel is not None and should_cancel():
                 return None
-            logits = self._step(list(ids[i:i + self.n_ubatch]), len(self._cached.get(seq_id, [])), seq_id)
+            logits = self._step(list(ids[i:i + self.n_ubatch]), len(self._cached.get(seq_id, [])), seq_id,
+                                logits=i + self.n_ubatch >= len(ids))
         return logits
 
     def eval(self, tokens: Sequence[int], seq_id: int = 0, pos0: int | None = None) -> torch.Tensor:

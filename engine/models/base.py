@@ -191,13 +191,18 @@ ROUNDS_LIKE = {"f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, il: int, step: Step,
-              scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
+              scale: float, out: torch.Tensor | None = None, rows: list[int] | None = None) -> torch.Tensor:
     """Store this ubatch's k, v [n, heads_kv, dim] for layer il, then attend q [n, heads, dim] over the
     cache's cells in use (GQA: each K/V head serves n_head / n_head_kv query heads). -> [n, heads*dim_v],
-    in out when given (engine/prefill.py's buffer)."""
-    n = q.shape[0]
+    in out when given (engine/prefill.py's buffer). rows (the last layer of a prompt, Transformer.forward;
+    not with Step.groups): every row's K/V stored, only these query rows attend -> [len(rows), ...]."""
+    n = k.shape[0]
     n_head_kv = k.shape[1]
     name = cache.name
+    if rows is not None:
+        if step.groups is not None:
+            raise ValueError("attention: rows are for a step of one sequence")
+        q = q[rows]
     if cache.kv_type == "q8_0" and q.shape[-1] % 32 == 0:
         q = quantize_q8(q, 32)        # as llama.cpp's flash attention over a q8_0 cache (ROUNDS_LIKE)
     if step.groups is not None:
@@ -209,15 +214,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
         return a if out is None else out.copy_(a)
     if step.placed is None:
         cache.write(il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1))
+        if rows is not None and not rows:
+            return q.new_empty(0, q.shape[1] * cache.v_width // n_head_kv)
         # K/V into the cache's f32 buffers (made at load); the mask a block of rows at a time where the
         # step keeps it as cells (Model._step): a prompt at a full context allocates nothing that grows
         # with the cells
         K, V = cache.read_f32(il, step.n_kv[name])
         cells = getattr(step.masks, "cells", None)
         mask = cells[name] if cells is not None else step.masks[name]
+        if rows is not None:
+            mask = mask.rows(rows) if cells is not None else mask[rows]
     else:                                     # offload: K/V where layer il's cache lives, mask on q's device
         K, V = step.placed.kv(cache, il, step.slots[name], k.reshape(n, -1), v.reshape(n, -1), step.n_kv[name])
-        mask = step.placed.on(step.masks[name], q.device)
+        if rows is not None and not rows:
+            return q.new_empty(0, q.shape[1] * cache.v_width // n_head_kv)
+        mask = step.masks[name]
+        mask = step.placed.on(mask if rows is None else mask[rows], q.device)
     return attend(q, K.view(-1, n_head_kv, cache.k_width // n_head_kv),
                   V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale, ROUNDS_LIKE.get(cache.kv_type), out)
 
@@ -234,6 +246,14 @@ def attention_by_sequence(q: torch.Tensor, cache: KVCache, il: int, groups, n_he
                           V.view(-1, n_head_kv, cache.v_width // n_head_kv), mask, scale,
                           ROUNDS_LIKE.get(cache.kv_type)))
     return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def past_attention(x: torch.Tensor, w: dict, scratch: Scratch, rows: list[int]):
+    """The last layer of a prompt past its attention (rows: those that want logits): x's rows, and the
+    steps for them (a row or a few: the GEMV path)."""
+    from engine.prefill import layer_ops
+    x = x[rows]
+    return x, layer_ops(x, w, scratch)
 
 
 class Transformer:
@@ -312,8 +332,11 @@ class Transformer:
     def embed(self, ids: list[int]) -> torch.Tensor:
         return get_rows(self.tok_embd, ids)
 
-    def block(self, il: int, x: torch.Tensor, w: dict, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
-        """Layer il on x with its weights w (where the layer runs: self.layers[il] on the CPU)."""
+    def block(self, il: int, x: torch.Tensor, w: dict, step: Step, kv: KVMemory, scratch: Scratch,
+              rows: list[int] | None = None) -> torch.Tensor:
+        """Layer il on x with its weights w (where the layer runs: self.layers[il] on the CPU). rows: past
+        the attention's K/V, only these rows go on (attention(rows=), then past_attention); the result
+        has len(rows) rows."""
         raise NotImplementedError
 
     def place_step(self, step: Step):
@@ -326,19 +349,28 @@ class Transformer:
 
     def forward(self, step: Step, kv: KVMemory, scratch: Scratch) -> torch.Tensor:
         """Run one ubatch through every layer; f32 logits [n_vocab] of its last token, or
-        [len(step.out_rows), n_vocab] of those rows when the step names them."""
+        [len(step.out_rows), n_vocab] of those rows when the step names them (none: the ubatch only fills
+        the cache). As llama.cpp's graph does with its output ids, the last layer runs past its K/V only
+        for the rows that want logits (a prompt's last token), and the output head only for them."""
+        n, last = len(step.ids), self.hp.n_layer - 1
+        want = list(step.out_rows) if step.out_rows is not None else [n - 1]
         x = self.embed(step.ids)
         with self.place_step(step) as st:
+            keep = None
             if decode_native.all_layers(self, x, step, kv, st.weights) is None:   # one token: one native call
+                if len(want) < n and step.groups is None:
+                    keep = want
                 for il in range(self.hp.n_layer):
-                    x = self.block(il, st.to_layer(il, x), st.weights(il), step, kv, scratch)
+                    x = self.block(il, st.to_layer(il, x), st.weights(il), step, kv, scratch,
+                                   keep if il == last else None)
                     st.done(il)
+            if keep is None:
+                x = x[want]
+            if not want:
+                return torch.empty(0, self.hp.n_vocab)
             x, out = x.to(st.output_device), st.output_weights
-            if step.out_rows is not None:
-                x = rms_norm(x[step.out_rows], out["output_norm"], self.hp.eps)
-                return self.logits(linear(x, out["output"])).cpu()
-            x = rms_norm(x[-1:], out["output_norm"], self.hp.eps)
-            return self.logits(linear(x, out["output"])[0]).cpu()
+            x = self.logits(linear(rms_norm(x, out["output_norm"], self.hp.eps), out["output"]))
+            return (x if step.out_rows is not None else x[0]).cpu()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return x

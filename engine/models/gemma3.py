@@ -15,7 +15,7 @@ import math
 
 from engine import decode_native
 from engine.kv_cache import KVMemory
-from engine.models.base import Hparams, Step, Transformer, attention
+from engine.models.base import Hparams, Step, Transformer, attention, past_attention
 from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
 from engine.ops import Scratch, get_rows
 from engine.prefill import GELU, layer_ops
@@ -65,7 +65,7 @@ class Gemma3(Transformer):
     def embed(self, ids):
         return get_rows(self.tok_embd, ids) * math.sqrt(self.hp.n_embd)
 
-    def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch):
+    def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch, rows=None):
         if (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
             return y               # one token (of each sequence): the whole layer in one native call
         hp, n = self.hp, len(step.ids)
@@ -75,7 +75,11 @@ class Gemma3(Transformer):
         q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q", w["attn_q_norm"], hp.eps, hp.q_scale)
         k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k", w["attn_k_norm"], hp.eps)
         v = L.as_f32(v, "v").view(n, hp.n_head_kv, hp.head_dim_v)
-        a = attention(q, k, v, kv.cache_of(il), il, step, 1.0, L.attention_out(n))
+        a = attention(q, k, v, kv.cache_of(il), il, step, 1.0, L.attention_out(n) if rows is None else None, rows)
+        if rows is not None:       # the last layer of a prompt: the rows that want logits go on
+            if not rows:
+                return x[:0]
+            x, L = past_attention(x, w, scratch, rows)
         x, h = L.residual(x, L.linear(a, w["attn_output"], "o"), hp.eps, w_post=w["post_attention_norm"],
                           w_next=w["ffn_norm"])
         gate, up = L.linear_many(h, [w["ffn_gate"], w["ffn_up"]], ("gate", "up"))

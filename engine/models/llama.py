@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from engine import decode_native
 from engine.kv_cache import KVMemory
-from engine.models.base import Hparams, Step, Transformer, attention, inv_sqrt
+from engine.models.base import Hparams, Step, Transformer, attention, past_attention, inv_sqrt
 from engine.model_checks import MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
 from engine.ops import Scratch
 from engine.prefill import SILU, layer_ops
@@ -45,7 +45,7 @@ class Llama(Transformer):
                 "attn_output": (e, hp.n_head * hp.head_dim_v), "ffn_norm": (e,), "ffn_gate": (hp.n_ff, e),
                 "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
 
-    def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch):
+    def block(self, il: int, x, w: dict, step: Step, kv: KVMemory, scratch: Scratch, rows=None):
         if (y := decode_native.layer(self, il, x, w, step, kv)) is not None:
             return y               # one token (of each sequence): the whole layer in one native call
         hp, n = self.hp, len(step.ids)
@@ -55,7 +55,11 @@ class Llama(Transformer):
         q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q")
         k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k")
         v = L.as_f32(v, "v").view(n, hp.n_head_kv, hp.head_dim_v)
-        a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim), L.attention_out(n))
+        a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim), L.attention_out(n) if rows is None else None, rows)
+        if rows is not None:       # the last layer of a prompt: the rows that want logits go on
+            if not rows:
+                return x[:0]
+            x, L = past_attention(x, w, scratch, rows)
         x, h = L.residual(x, L.linear(a, w["attn_output"], "o"), hp.eps, w_next=w["ffn_norm"])
         gate, up = L.linear_many(h, [w["ffn_gate"], w["ffn_up"]], ("gate", "up"))
         x, _ = L.residual(x, L.linear(L.glu(SILU, gate, up), w["ffn_down"], "o"), hp.eps)

@@ -313,6 +313,8 @@ def test_cell_mask_blocks_are_the_whole_mask_over_the_cells_they_name(window):
         assert torch.equal(m, full[r0:r1, c0:c1])
         outside = torch.cat([full[r0:r1, :c0], full[r0:r1, c1:]], 1)
         assert bool(torch.isinf(outside).all())
+    for rows in ([19], [0, 7, 19], []):               # the last layer's rows that want logits
+        assert torch.equal(cm.rows(rows).full(), full[rows])
         assert c1 - c0 <= n_kv and (c1 - c0 < n_kv or r1 == 20)
 
 
