@@ -366,11 +366,10 @@ def _attend_cells(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
                   cache_dtype: torch.dtype | None, out: torch.Tensor | None) -> torch.Tensor:
     """attend() over a CellMask: blocks of query rows as there, each block's scale and mask in one native
     pass over its scores (no f32 mask is made: it comes from the cells' positions and sequences), torch's
-    softmax in place, the probabilities rounded to the cache's type natively, the query rounded once for
-    all blocks: the same bits as _attend with the block's f32 mask."""
+    softmax in place, the probabilities rounded to the cache's type natively, and each block's query too as
+    its thread copies it in (no rounded copy of the whole query first): the same bits as _attend with the
+    block's f32 mask."""
     n, n_kv = q.shape[0], K.shape[0]
-    if cache_dtype is not None:
-        q = q.to(cache_dtype).float()
     if out is None:
         out = torch.empty(n, q.shape[1] * V.shape[2], dtype=q.dtype)
     rnd = ROUNDS[cache_dtype]
@@ -420,11 +419,13 @@ def _attend_block(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, cells: _Cel
     qg = qb[:heads * n * d].view(heads_kv, g, n, d)
     qg.copy_(q.view(n, heads_kv, g, d).permute(1, 2, 0, 3))
     qg = qg.view(heads_kv, g * n, d)
+    lib, rows = kernels._lib, g * n
+    if rnd:                                   # q to the cache's type, as .to(f16 / bf16).float() does
+        lib.cellar_pf_round(heads * n, d, qg.data_ptr(), d, rnd)
     Kt, Vt = K.permute(1, 2, 0), V.transpose(0, 1)
     o = ob[:heads * n * dv].view(heads_kv, g * n, dv)
     s = sb[:g * n * n_kv].view(1, g * n, n_kv)
     qp, qbits = cells.q_at(r0)                                    # row j of s: query j % n
-    lib, rows = kernels._lib, g * n
     # one K/V head at a time (each a batch of one: the same products as one batched matmul over all of
     # them), so the scores held are one head's: SmolLM2's 3 K/V heads, 1.6 MiB less a thread
     for h in range(heads_kv):
