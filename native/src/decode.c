@@ -380,6 +380,202 @@ static void attn_task(void *p, int ith, int nth) {
     }
 }
 
+/* ---- attention over many cells: three passes, each shared between the threads ----
+ * A query head's K and V rows are those of its K/V head, which n_head / n_head_kv query heads share;
+ * attend_head reads them once per query head, and past what the caches hold (a long context: the
+ * weights stream through L3 every token) that is n_head / n_head_kv reads from memory. Here:
+ *   1. scores: chunks of cells, each K row read once for every query head of its K/V head;
+ *   2. softmax: a head at a time;
+ *   3. V sums: per K/V head, VW output columns at a time for all of its query heads, each V row once.
+ * Every value is made by the same operations in the same order as in attend_head (the dot's two chains
+ * and their sum, the max, exp_sum, the rounding, one FMA per cell into each output): the same bits.
+ * f16 / bf16 caches with SIMD and dv a multiple of 64 (attend_head's v_sum condition) only. */
+#ifdef CK_SIMD
+#define SCORE_CHUNK 32
+#define SCORE_AHEAD 8              /* cells between a K / V row's prefetch and its use */
+#ifndef MANY_CELLS
+#define MANY_CELLS 256             /* below it one pass (attend_head per query head) costs less */
+#endif
+#define VSUM_ACC 12                /* ymm accumulators a V-sum task keeps (AVX2 has 16 registers) */
+
+static int many_ok(const dlayer *L) {
+    return (L->kv_type == KV_F16 || L->kv_type == KV_BF16) && L->head_dim_v % 64 == 0;
+}
+
+static void prepare_queries(const ajob *j) {   /* attend_head's query rounding, for every head */
+    const dlayer *L = j->L;
+    const int d = L->head_dim;
+    for (int h = 0; h < L->n_head; h++) {
+        const float *qf = j->q + (int64_t)h * d;
+        float *qr = (float *)j->qh + (int64_t)h * d;
+        if (L->flags & DEC_F32_ATTN) memcpy(qr, qf, sizeof(float) * d);
+        else if (L->kv_type == KV_F16) for (int i = 0; i < d; i++) qr[i] = from_f16(to_f16(qf[i]));
+        else for (int i = 0; i < d; i++) qr[i] = bf16_to_f32(f32_to_bf16(qf[i]));
+    }
+}
+
+/* attend_head's inlined dot_f16 for hn query heads on one K row (hn a constant where it is inlined: the
+ * accumulators stay in registers) */
+static inline __attribute__((always_inline)) void score_f16(const ajob *j, const uint16_t *kh, int h0, int hn,
+                                                            int64_t i) {
+    const dlayer *L = j->L;
+    const int d = L->head_dim;
+    const float *qr = (const float *)j->qh;
+    __m256 a0[4], a1[4];
+    for (int u = 0; u < hn; u++) a0[u] = a1[u] = _mm256_setzero_ps();
+    for (int t = 0; t < d; t += 16) {
+        const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t)));
+        const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t + 8)));
+        for (int u = 0; u < hn; u++) {
+            const float *qq = qr + (int64_t)(h0 + u) * d;
+            a0[u] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(qq + t), a0[u]);
+            a1[u] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(qq + t + 8), a1[u]);
+        }
+    }
+    for (int u = 0; u < hn; u++) {
+        float v = hsum_ps(_mm256_add_ps(a0[u], a1[u]));
+        v *= L->kq_scale;
+        j->scores[(int64_t)(h0 + u) * L->n_cells + i] = v;
+    }
+}
+
+static void score_task(void *p, int ith, int nth) {
+    ajob *j = p; (void)ith; (void)nth;
+    const dlayer *L = j->L;
+    const int d = L->head_dim, g = L->n_head / L->n_head_kv;
+    const float *qr = (const float *)j->qh;
+    const dot_fn dot = j->k->dot[L->kv_type == KV_F16 ? T_F16 : T_BF16];
+    const int inline_f16 = L->kv_type == KV_F16 && d % 16 == 0;
+    for (;;) {
+        const int64_t i0 = atomic_fetch_add(&j->next, SCORE_CHUNK);
+        if (i0 >= j->nvis) break;
+        const int64_t i1 = i0 + SCORE_CHUNK < j->nvis ? i0 + SCORE_CHUNK : j->nvis;
+        for (int64_t i = i0; i < i1; i++) {
+            if (i + SCORE_AHEAD < j->nvis) {   /* a cell's K row from memory: asked for a few cells early */
+                const char *ahead = (const char *)(L->k_cache + j->vis[i + SCORE_AHEAD] * L->k_row_bytes);
+                for (int64_t b = 0; b < L->k_row_bytes; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+            }
+            for (int kvh = 0; kvh < L->n_head_kv; kvh++) {
+                const uint8_t *kr = L->k_cache + j->vis[i] * L->k_row_bytes + (int64_t)kvh * d * 2;
+                for (int h0 = kvh * g; h0 < (kvh + 1) * g; h0 += 4) {
+                    const int hn = (kvh + 1) * g - h0 < 4 ? (kvh + 1) * g - h0 : 4;
+                    if (inline_f16) {
+                        const uint16_t *kh = (const uint16_t *)kr;
+                        switch (hn) {
+                        case 4: score_f16(j, kh, h0, 4, i); break;
+                        case 3: score_f16(j, kh, h0, 3, i); break;
+                        case 2: score_f16(j, kh, h0, 2, i); break;
+                        default: score_f16(j, kh, h0, 1, i); break;
+                        }
+                    } else {
+                        for (int u = 0; u < hn; u++) {
+                            float v = dot(d, kr, qr + (int64_t)(h0 + u) * d);
+                            v *= L->kq_scale;
+                            j->scores[(int64_t)(h0 + u) * L->n_cells + i] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void softmax_task(void *p, int ith, int nth) {
+    ajob *j = p; (void)ith; (void)nth;
+    const dlayer *L = j->L;
+    const int n = j->nvis;
+    for (;;) {
+        const int h = atomic_fetch_add(&j->next, 1);
+        if (h >= L->n_head) break;
+        float *s = j->scores + (int64_t)h * L->n_cells;
+        float mx = -INFINITY;
+        for (int i = 0; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+        const double sum = exp_sum(s, n, mx);
+        const float inv = (float)(1.0 / sum);
+        int i = 0;
+        if (L->flags & DEC_F32_ATTN) {
+            for (; i < n; i++) s[i] = s[i] * inv;
+        } else if (L->kv_type == KV_F16) {
+            const __m256 iv = _mm256_set1_ps(inv);
+            for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(s + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + i), iv), 0)));
+            for (; i < n; i++) s[i] = from_f16(to_f16(s[i] * inv));
+        } else {
+            for (; i < n; i++) s[i] = bf16_to_f32(f32_to_bf16(s[i] * inv));
+        }
+    }
+}
+
+/* one task: K/V head kvh's query heads [h0, h0 + hn), output columns [c0, c0 + 8 * nv) */
+static inline __attribute__((always_inline)) void vsum_block(const ajob *j, int kvh, int h0, int hn, int c0,
+                                                             int nv) {
+    const dlayer *L = j->L;
+    const int dv = L->head_dim_v, f16 = L->kv_type == KV_F16;
+    const int64_t voff = (int64_t)kvh * dv * 2;
+    __m256 a[32];
+    for (int t = 0; t < hn * nv; t++) a[t] = _mm256_setzero_ps();
+    for (int i = 0; i < j->nvis; i++) {
+        const uint16_t *v = (const uint16_t *)(L->v_cache + j->vis[i] * L->v_row_bytes + voff) + c0;
+        if (i + SCORE_AHEAD < j->nvis)
+            _mm_prefetch((const char *)(L->v_cache + j->vis[i + SCORE_AHEAD] * L->v_row_bytes + voff) + 2 * c0,
+                         _MM_HINT_T0);
+        for (int t = 0; t < nv; t++) {
+            const __m128i hv = _mm_loadu_si128((const __m128i *)(v + 8 * t));
+            const __m256 f = f16 ? _mm256_cvtph_ps(hv) : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(hv), 16));
+            for (int u = 0; u < hn; u++)
+                a[u * nv + t] = _mm256_fmadd_ps(_mm256_set1_ps(j->scores[(int64_t)(h0 + u) * L->n_cells + i]), f,
+                                                a[u * nv + t]);
+        }
+    }
+    for (int u = 0; u < hn; u++)
+        for (int t = 0; t < nv; t++) _mm256_storeu_ps(j->att + (int64_t)(h0 + u) * dv + c0 + 8 * t, a[u * nv + t]);
+}
+
+/* the V-sum tasks: per K/V head, groups of query heads of gh, column chunks of 8 * nv */
+static void vsum_shape(const dlayer *L, int *gh, int *nv) {
+    const int g = L->n_head / L->n_head_kv;
+    *gh = g < 4 ? g : 4;
+    *nv = *gh == 1 ? 8 : *gh == 4 ? 2 : 4;       /* gh * nv <= VSUM_ACC, nv a power of two */
+}
+
+static void vsum_task(void *p, int ith, int nth) {
+    ajob *j = p; (void)ith; (void)nth;
+    const dlayer *L = j->L;
+    const int g = L->n_head / L->n_head_kv, dv = L->head_dim_v;
+    int gh, nv;
+    vsum_shape(L, &gh, &nv);
+    const int groups = (g + gh - 1) / gh, chunks = dv / (8 * nv);
+    const int total = L->n_head_kv * groups * chunks;
+    for (;;) {
+        const int t = atomic_fetch_add(&j->next, 1);
+        if (t >= total) break;
+        const int kvh = t / (groups * chunks), r = t % (groups * chunks);
+        const int h0 = kvh * g + (r / chunks) * gh, c0 = (r % chunks) * 8 * nv;
+        const int hn = kvh * g + g - h0 < gh ? kvh * g + g - h0 : gh;
+        switch (hn * 16 + nv) {   /* constant counts: the accumulators stay in registers */
+#define VSUM_CASE(H, NV) case H * 16 + NV: vsum_block(j, kvh, h0, H, c0, NV); break;
+        VSUM_CASE(1, 8) VSUM_CASE(1, 4) VSUM_CASE(1, 2) VSUM_CASE(1, 1)
+        VSUM_CASE(2, 8) VSUM_CASE(2, 4) VSUM_CASE(2, 2) VSUM_CASE(2, 1)
+        VSUM_CASE(3, 4) VSUM_CASE(3, 2) VSUM_CASE(3, 1)
+        VSUM_CASE(4, 2) VSUM_CASE(4, 1)
+#undef VSUM_CASE
+        default: for (int u = 0; u < hn; u++) vsum_block(j, kvh, h0 + u, 1, c0, nv); break;
+        }
+    }
+}
+
+static void attend_many(ajob *j) {
+    prepare_queries(j);
+    const int nth = pool_threads();
+    atomic_store(&j->next, 0);
+    pool_run(score_task, j, nth);
+    atomic_store(&j->next, 0);
+    pool_run(softmax_task, j, nth);
+    atomic_store(&j->next, 0);
+    pool_run(vsum_task, j, nth);
+}
+#endif
+
 static NOCONTRACT void add_into(int n, float *x, const float *y) {
     for (int i = 0; i < n; i++) x[i] = x[i] + y[i];
 }
@@ -433,6 +629,11 @@ int FN(decode_layer)(const kernel_table *k, const dlayer *L, const dstep *S, flo
         ajob j = {.k = k, .L = L, .q = q, .qh = wk + W.qh, .scores = (float *)(wk + W.scores), .vis = vis,
                   .nvis = nvis, .att = att};
         atomic_store(&j.next, 0);
+#ifdef CK_SIMD
+        if (nvis >= MANY_CELLS && many_ok(L) && pool_threads() > 1)
+            attend_many(&j);
+        else
+#endif
         /* a few hundred cells per head are not worth a handoff to another thread */
         pool_run(attn_task, &j, (int64_t)nvis * L->n_head * d >= 65536 ? pool_threads() : 1);
     }

@@ -205,3 +205,33 @@ def test_gemma3_past_the_sliding_window(gemma3_path, kv_type, monkeypatch):
         assert rels[len(rels) * 3 // 4] < tight and rels[-1] < 0.1, res
     finally:
         m.close()
+
+
+@pytest.mark.parametrize("isa", ["best", "avx2"])
+@pytest.mark.parametrize("kv_type", ["f16", "bf16"])
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_attention_over_many_cells_is_the_one_pass_attentions_bits(name, kv_type, isa, request):
+    """Past 256 visible cells, on two threads, the decode layer's attention runs in three passes shared
+    between the threads (scores over chunks of cells with each K row read once for the query heads that
+    share it, the softmax per head, V sums per K/V head and column chunk); on one thread it runs one pass
+    per query head. The same operations in the same order: the same logits, bit for bit."""
+    before = kernels.ISA
+    if isa == "avx2" and kernels.set_isa("avx2") != "avx2":
+        kernels.set_isa(before)
+        pytest.skip("this CPU has no AVX2")
+    path = request.getfixturevalue(f"{name}_path")
+    try:
+        runs = []
+        for threads in (1, 2):
+            m = Model.load(path, LoadOptions(ctx=1024, threads=threads, kv_type=kv_type, warmup=False))
+            try:
+                ids = m.tokenizer.encode("The history of the printing press. " * 120, add_special=True)[:620]
+                m.eval(ids[:600])                          # 600 cells: past the three-pass threshold
+                runs.append([m.eval([t]).clone() for t in ids[600:604]])
+            finally:
+                m.close()
+        for one, two in zip(*runs):
+            assert torch.equal(one, two)
+    finally:
+        kernels.set_isa(before)
+        kernels.set_threads(2)
