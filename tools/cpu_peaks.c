@@ -35,28 +35,21 @@ static double mixed_rate(void) {
 #endif
 
 #ifdef __AVX512F__
-#define FM(a) "vfmadd231ps %%zmm1,%%zmm0," a "\n"
-static double fma_rate(void) {
-    double t = now();
-    __asm__ volatile("vxorps %%xmm0,%%xmm0,%%xmm0\n vmovaps %%zmm0,%%zmm1\n mov %0,%%rcx\n 1:\n"
-                     FM("%%zmm2") FM("%%zmm3") FM("%%zmm4") FM("%%zmm5") FM("%%zmm6") FM("%%zmm7")
-                     FM("%%zmm8") FM("%%zmm9") FM("%%zmm10") FM("%%zmm11") FM("%%zmm12") FM("%%zmm13")
-                     "dec %%rcx\n jnz 1b\n" :: "r"(N) : "rcx", "memory");
-    return N * 12 / (now() - t);
-}
+#define VR "zmm"
 #define FMA_LANES 16
 #else
-#define FM(a) "vfmadd231ps %%ymm1,%%ymm0," a "\n"
+#define VR "ymm"
+#define FMA_LANES 8
+#endif
+#define FM(a) "vfmadd231ps %%" VR "1,%%" VR "0,%%" VR a "\n"
 static double fma_rate(void) {
     double t = now();
-    __asm__ volatile("vxorps %%xmm0,%%xmm0,%%xmm0\n vmovaps %%ymm0,%%ymm1\n mov %0,%%rcx\n 1:\n"
-                     FM("%%ymm2") FM("%%ymm3") FM("%%ymm4") FM("%%ymm5") FM("%%ymm6") FM("%%ymm7")
-                     FM("%%ymm8") FM("%%ymm9") FM("%%ymm10") FM("%%ymm11") FM("%%ymm12") FM("%%ymm13")
+    __asm__ volatile("vxorps %%xmm0,%%xmm0,%%xmm0\n vmovaps %%" VR "0,%%" VR "1\n mov %0,%%rcx\n 1:\n"
+                     FM("2") FM("3") FM("4") FM("5") FM("6") FM("7") FM("8") FM("9") FM("10") FM("11")
+                     FM("12") FM("13")
                      "dec %%rcx\n jnz 1b\n" :: "r"(N) : "rcx", "memory");
     return N * 12 / (now() - t);
 }
-#define FMA_LANES 8
-#endif
 
 /* ---- read bandwidth: each thread sums its share of a buffer far larger than the caches ---- */
 static size_t BYTES = (size_t)512 << 20;
