@@ -75,7 +75,8 @@ class Gemma3(Transformer):
         q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q", w["attn_q_norm"], hp.eps, hp.q_scale)
         k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k", w["attn_k_norm"], hp.eps)
         v = L.as_f32(v, "v").view(n, hp.n_head_kv, hp.head_dim_v)
-        a = attention(q, k, v, kv.cache_of(il), il, step, 1.0, L.attention_out(n) if rows is None else None, rows)
+        a = attention(q, k, v, kv.cache_of(il), il, step, 1.0, L.attention_out(n) if rows is None else None,
+                      rows)
         if rows is not None:       # the last layer of a prompt: the rows that want logits go on
             if not rows:
                 return x[:0]
