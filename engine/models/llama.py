@@ -55,8 +55,8 @@ class Llama(Transformer):
         q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q")
         k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k")
         v = L.as_f32(v, "v").view(n, hp.n_head_kv, hp.head_dim_v)
-        a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim), L.attention_out(n) if rows is None else None,
-                      rows)
+        a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim),
+                      L.attention_out(n) if rows is None else None, rows)
         if rows is not None:       # the last layer of a prompt: the rows that want logits go on
             if not rows:
                 return x[:0]
