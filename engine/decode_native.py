@@ -68,6 +68,18 @@ def _lib():
     return lib
 
 
+def set_many_cells(n: int) -> int:
+    """Visible cells from which the decode attention runs in three passes, K/V rows read once for all the
+    query heads that share them (native/src/decode.c); the same bits as one pass per query head, which a
+    huge n keeps (tests). Returns the value before."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError("the native library is not built")
+    lib.cellar_set_decode_many_cells.argtypes = [i32]
+    lib.cellar_set_decode_many_cells.restype = i32
+    return lib.cellar_set_decode_many_cells(int(n))
+
+
 def enabled() -> bool:
     return os.environ.get("CELLAR_NATIVE_DECODE", "1") != "0" and _lib() is not None
 

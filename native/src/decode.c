@@ -393,9 +393,7 @@ static void attn_task(void *p, int ith, int nth) {
 #ifdef CK_SIMD
 #define SCORE_CHUNK 32
 #define SCORE_AHEAD 8              /* cells between a K / V row's prefetch and its use */
-#ifndef MANY_CELLS
-#define MANY_CELLS 256             /* below it one pass (attend_head per query head) costs less */
-#endif
+extern int cellar_decode_many_cells;   /* decode_entry.c: below it one pass per query head costs less */
 #define VSUM_ACC 12                /* ymm accumulators a V-sum task keeps (AVX2 has 16 registers) */
 
 static int many_ok(const dlayer *L) {
@@ -630,7 +628,7 @@ int FN(decode_layer)(const kernel_table *k, const dlayer *L, const dstep *S, flo
                   .nvis = nvis, .att = att};
         atomic_store(&j.next, 0);
 #ifdef CK_SIMD
-        if (nvis >= MANY_CELLS && many_ok(L) && pool_threads() > 1)
+        if (nvis >= cellar_decode_many_cells && many_ok(L))
             attend_many(&j);
         else
 #endif

@@ -31,6 +31,16 @@ __attribute__((constructor)) static void decode_init(void) {
 
 int64_t cellar_decode_work_bytes(const dlayer *L) { return dec_layout(L).total; }
 
+/* visible cells from which a layer's attention runs in three passes (decode.c's attend_many) instead of
+ * one per query head; the same bits either way, so only speed (and tests comparing the two) care */
+int cellar_decode_many_cells = 256;
+
+int cellar_set_decode_many_cells(int n) {
+    const int before = cellar_decode_many_cells;
+    cellar_decode_many_cells = n < 1 ? 1 : n;
+    return before;
+}
+
 static int mat_ok(const dmat *m, int64_t rows, int64_t cols) {
     return m->w && m->rows == rows && m->row_bytes > 0 && cellar_supports(m->type, cols);
 }

@@ -211,27 +211,30 @@ def test_gemma3_past_the_sliding_window(gemma3_path, kv_type, monkeypatch):
 @pytest.mark.parametrize("kv_type", ["f16", "bf16"])
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_attention_over_many_cells_is_the_one_pass_attentions_bits(name, kv_type, isa, request):
-    """Past 256 visible cells, on two threads, the decode layer's attention runs in three passes shared
-    between the threads (scores over chunks of cells with each K row read once for the query heads that
-    share it, the softmax per head, V sums per K/V head and column chunk); on one thread it runs one pass
-    per query head. The same operations in the same order: the same logits, bit for bit."""
+    """Past 256 visible cells the decode layer's attention runs in three passes shared between the threads
+    (scores over chunks of cells with each K row read once for the query heads that share it, the softmax
+    per head, V sums per K/V head and column chunk); below, one pass per query head. The same operations
+    in the same order: the same logits, bit for bit, on one thread and on two."""
     before = kernels.ISA
     if isa == "avx2" and kernels.set_isa("avx2") != "avx2":
         kernels.set_isa(before)
         pytest.skip("this CPU has no AVX2")
     path = request.getfixturevalue(f"{name}_path")
+    many = decode_native.set_many_cells(256)
     try:
         runs = []
-        for threads in (1, 2):
+        for threads, many_cells in ((2, 10 ** 9), (2, 256), (1, 256)):     # one pass; three; three alone
+            decode_native.set_many_cells(many_cells)
             m = Model.load(path, LoadOptions(ctx=1024, threads=threads, kv_type=kv_type, warmup=False))
             try:
                 ids = m.tokenizer.encode("The history of the printing press. " * 120, add_special=True)[:620]
-                m.eval(ids[:600])                          # 600 cells: past the three-pass threshold
+                m.eval(ids[:600])                          # 600 cells
                 runs.append([m.eval([t]).clone() for t in ids[600:604]])
             finally:
                 m.close()
-        for one, two in zip(*runs):
-            assert torch.equal(one, two)
+        for one, three, alone in zip(*runs):
+            assert torch.equal(one, three) and torch.equal(three, alone)
     finally:
+        decode_native.set_many_cells(many)
         kernels.set_isa(before)
         kernels.set_threads(2)
