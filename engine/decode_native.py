@@ -70,8 +70,8 @@ def _lib():
 
 def set_many_cells(n: int) -> int:
     """Visible cells from which the decode attention runs in three passes, K/V rows read once for all the
-    query heads that share them (native/src/decode.c); the same bits as one pass per query head, which a
-    huge n keeps (tests). Returns the value before."""
+    query heads that share them (native/src/decode.c); 0 (the default): chosen per layer. The same bits
+    as one pass per query head, which a huge n keeps (tests). Returns the value before."""
     lib = _lib()
     if lib is None:
         raise RuntimeError("the native library is not built")

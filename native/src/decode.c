@@ -393,11 +393,19 @@ static void attn_task(void *p, int ith, int nth) {
 #ifdef CK_SIMD
 #define SCORE_CHUNK 32
 #define SCORE_AHEAD 8              /* cells between a K / V row's prefetch and its use */
-extern int cellar_decode_many_cells;   /* decode_entry.c: below it one pass per query head costs less */
+extern int cellar_decode_many_cells;   /* decode_entry.c: 0, or a fixed threshold (tests) */
 #define VSUM_ACC 12                /* ymm accumulators a V-sum task keeps (AVX2 has 16 registers) */
 
 static int many_ok(const dlayer *L) {
     return (L->kv_type == KV_F16 || L->kv_type == KV_BF16) && L->head_dim_v % 64 == 0;
+}
+
+/* the visible cells from which the three passes pay (measured on 2 threads, docs/speed.md): 256 where
+ * the query heads split evenly between the threads (Gemma-3's 4), 32 where one pass per head leaves a
+ * thread idle for a head's time (SmolLM2's 9: 5 / 4) */
+static int many_cells(const dlayer *L) {
+    if (cellar_decode_many_cells > 0) return cellar_decode_many_cells;
+    return L->n_head % pool_threads() ? 32 : 256;
 }
 
 static void prepare_queries(const ajob *j) {   /* attend_head's query rounding, for every head */
@@ -628,7 +636,7 @@ int FN(decode_layer)(const kernel_table *k, const dlayer *L, const dstep *S, flo
                   .nvis = nvis, .att = att};
         atomic_store(&j.next, 0);
 #ifdef CK_SIMD
-        if (nvis >= cellar_decode_many_cells && many_ok(L))
+        if (nvis >= many_cells(L) && many_ok(L))
             attend_many(&j);
         else
 #endif

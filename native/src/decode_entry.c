@@ -32,12 +32,13 @@ __attribute__((constructor)) static void decode_init(void) {
 int64_t cellar_decode_work_bytes(const dlayer *L) { return dec_layout(L).total; }
 
 /* visible cells from which a layer's attention runs in three passes (decode.c's attend_many) instead of
- * one per query head; the same bits either way, so only speed (and tests comparing the two) care */
-int cellar_decode_many_cells = 256;
+ * one per query head; 0: chosen per layer (decode.c's many_cells). The same bits either way, so only
+ * speed (and the tests comparing the two) care */
+int cellar_decode_many_cells = 0;
 
 int cellar_set_decode_many_cells(int n) {
     const int before = cellar_decode_many_cells;
-    cellar_decode_many_cells = n < 1 ? 1 : n;
+    cellar_decode_many_cells = n < 0 ? 0 : n;
     return before;
 }
 
