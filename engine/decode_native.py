@@ -64,6 +64,9 @@ def _lib():
         if hasattr(lib, "cellar_decode_layers"):
             lib.cellar_decode_layers.argtypes = [i32, vp, vp, vp]
             lib.cellar_decode_layers.restype = i32
+        if hasattr(lib, "cellar_set_decode_many_cells"):
+            lib.cellar_set_decode_many_cells.argtypes = [i32]
+            lib.cellar_set_decode_many_cells.restype = i32
         lib._decode_typed = True
     return lib
 
@@ -73,10 +76,8 @@ def set_many_cells(n: int) -> int:
     query heads that share them (native/src/decode.c); 0 (the default): chosen per layer. The same bits
     as one pass per query head, which a huge n keeps (tests). Returns the value before."""
     lib = _lib()
-    if lib is None:
-        raise RuntimeError("the native library is not built")
-    lib.cellar_set_decode_many_cells.argtypes = [i32]
-    lib.cellar_set_decode_many_cells.restype = i32
+    if lib is None or not hasattr(lib, "cellar_set_decode_many_cells"):
+        raise RuntimeError("the native library is not built, or older than this engine: run `make setup`")
     return lib.cellar_set_decode_many_cells(int(n))
 
 

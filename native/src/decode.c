@@ -314,6 +314,56 @@ typedef struct {
     _Atomic int next;
 } ajob;
 
+/* the query as an f16 / bf16 cache's dot takes it: rounded to the cache's type (as it is, DEC_F32_ATTN) */
+static void round_query(const dlayer *L, const float *qf, float *qr) {
+    const int d = L->head_dim;
+    if (L->flags & DEC_F32_ATTN) memcpy(qr, qf, sizeof(float) * d);
+    else if (L->kv_type == KV_F16) for (int i = 0; i < d; i++) qr[i] = from_f16(to_f16(qf[i]));
+    else for (int i = 0; i < d; i++) qr[i] = bf16_to_f32(f32_to_bf16(qf[i]));
+}
+
+#ifdef CK_SIMD
+/* the table's dot_f16 inlined (two chains, then their sum) for hn queries q + u * qs on one f16 K row,
+ * each K value converted once for all of them (hn a constant where it is inlined: the accumulators stay
+ * in registers); d a multiple of 16 */
+static inline __attribute__((always_inline)) void dots_f16(const uint16_t *kh, const float *q, int64_t qs, int d,
+                                                           int hn, float *v) {
+    __m256 a0[4], a1[4];
+    for (int u = 0; u < hn; u++) a0[u] = a1[u] = _mm256_setzero_ps();
+    for (int t = 0; t < d; t += 16) {
+        const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t)));
+        const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t + 8)));
+        for (int u = 0; u < hn; u++) {
+            a0[u] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + u * qs + t), a0[u]);
+            a1[u] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + u * qs + t + 8), a1[u]);
+        }
+    }
+    for (int u = 0; u < hn; u++) v[u] = hsum_ps(_mm256_add_ps(a0[u], a1[u]));
+}
+#endif
+
+/* a head's scores s [n] (their max mx) -> probabilities in place: e^(s - mx) / their sum (in double), rounded
+ * to an f16 / bf16 cache's type as llama.cpp rounds them before the V product (not with DEC_F32_ATTN) */
+static void probabilities(const dlayer *L, float *s, int n, float mx) {
+    const double sum = exp_sum(s, n, mx);
+    const float inv = (float)(1.0 / sum);
+    const int rnd = (L->flags & DEC_F32_ATTN) ? KV_Q8_0 : L->kv_type;      /* KV_Q8_0: no rounding */
+    int i = 0;
+#ifdef CK_SIMD
+    if (rnd == KV_F16) {
+        const __m256 iv = _mm256_set1_ps(inv);
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(s + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + i), iv), 0)));
+    }
+#endif
+    for (; i < n; i++) {
+        float p = s[i] * inv;
+        if (rnd == KV_F16) p = from_f16(to_f16(p));
+        else if (rnd == KV_BF16) p = bf16_to_f32(f32_to_bf16(p));
+        s[i] = p;
+    }
+}
+
 static void attend_head(const ajob *j, int h) {
     const dlayer *L = j->L;
     const int d = L->head_dim, dv = L->head_dim_v, kvh = h / (L->n_head / L->n_head_kv);
@@ -326,9 +376,7 @@ static void attend_head(const ajob *j, int h) {
         koff = (int64_t)kvh * (d / QK) * 34; voff = (int64_t)kvh * (dv / QK) * 34;
     } else {
         float *qr = (float *)j->qh + (int64_t)h * d;
-        if (L->flags & DEC_F32_ATTN) memcpy(qr, qf, sizeof(float) * d);
-        else if (L->kv_type == KV_F16) for (int i = 0; i < d; i++) qr[i] = from_f16(to_f16(qf[i]));
-        else for (int i = 0; i < d; i++) qr[i] = bf16_to_f32(f32_to_bf16(qf[i]));
+        round_query(L, qf, qr);
         qarg = qr; dot = j->k->dot[L->kv_type == KV_F16 ? T_F16 : T_BF16];
         koff = (int64_t)kvh * d * 2; voff = (int64_t)kvh * dv * 2;
     }
@@ -344,30 +392,14 @@ static void attend_head(const ajob *j, int h) {
         float v;
         if (kf) { j->k->deq[T_Q8_0](d, kr, kf); v = j->k->dot[T_F32](d, kf, qf); }
 #ifdef CK_SIMD
-        else if (L->kv_type == KV_F16 && d % 16 == 0) {   /* the table's dot_f16, inlined */
-            const uint16_t *kh = (const uint16_t *)kr; const float *qq = qarg;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0;
-            for (int t = 0; t < d; t += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t))), _mm256_loadu_ps(qq + t), a0);
-                a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t + 8))), _mm256_loadu_ps(qq + t + 8), a1);
-            }
-            v = hsum_ps(_mm256_add_ps(a0, a1));
-        }
+        else if (L->kv_type == KV_F16 && d % 16 == 0) dots_f16((const uint16_t *)kr, qarg, 0, d, 1, &v);
 #endif
         else v = dot(d, kr, qarg);
         v *= L->kq_scale;
         s[i] = v;
         mx = v > mx ? v : mx;
     }
-    const double sum = exp_sum(s, n, mx);
-    const float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) {
-        float p = s[i] * inv;
-        if (L->flags & DEC_F32_ATTN) {}
-        else if (L->kv_type == KV_F16) p = from_f16(to_f16(p));
-        else if (L->kv_type == KV_BF16) p = bf16_to_f32(f32_to_bf16(p));
-        s[i] = p;
-    }
+    probabilities(L, s, n, mx);
     v_sum(L->kv_type, n, j->vis, s, L->v_cache, L->v_row_bytes, voff, dv, out);
 }
 
@@ -409,39 +441,19 @@ static int many_cells(const dlayer *L) {
 }
 
 static void prepare_queries(const ajob *j) {   /* attend_head's query rounding, for every head */
-    const dlayer *L = j->L;
-    const int d = L->head_dim;
-    for (int h = 0; h < L->n_head; h++) {
-        const float *qf = j->q + (int64_t)h * d;
-        float *qr = (float *)j->qh + (int64_t)h * d;
-        if (L->flags & DEC_F32_ATTN) memcpy(qr, qf, sizeof(float) * d);
-        else if (L->kv_type == KV_F16) for (int i = 0; i < d; i++) qr[i] = from_f16(to_f16(qf[i]));
-        else for (int i = 0; i < d; i++) qr[i] = bf16_to_f32(f32_to_bf16(qf[i]));
-    }
+    for (int h = 0; h < j->L->n_head; h++)
+        round_query(j->L, j->q + (int64_t)h * j->L->head_dim, (float *)j->qh + (int64_t)h * j->L->head_dim);
 }
 
-/* attend_head's inlined dot_f16 for hn query heads on one K row (hn a constant where it is inlined: the
- * accumulators stay in registers) */
+/* the scores of query heads [h0, h0 + hn) at cell i from its f16 K row */
 static inline __attribute__((always_inline)) void score_f16(const ajob *j, const uint16_t *kh, int h0, int hn,
                                                             int64_t i) {
     const dlayer *L = j->L;
-    const int d = L->head_dim;
-    const float *qr = (const float *)j->qh;
-    __m256 a0[4], a1[4];
-    for (int u = 0; u < hn; u++) a0[u] = a1[u] = _mm256_setzero_ps();
-    for (int t = 0; t < d; t += 16) {
-        const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t)));
-        const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + t + 8)));
-        for (int u = 0; u < hn; u++) {
-            const float *qq = qr + (int64_t)(h0 + u) * d;
-            a0[u] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(qq + t), a0[u]);
-            a1[u] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(qq + t + 8), a1[u]);
-        }
-    }
+    float v[4];
+    dots_f16(kh, (const float *)j->qh + (int64_t)h0 * L->head_dim, L->head_dim, L->head_dim, hn, v);
     for (int u = 0; u < hn; u++) {
-        float v = hsum_ps(_mm256_add_ps(a0[u], a1[u]));
-        v *= L->kq_scale;
-        j->scores[(int64_t)(h0 + u) * L->n_cells + i] = v;
+        v[u] *= L->kq_scale;
+        j->scores[(int64_t)(h0 + u) * L->n_cells + i] = v[u];
     }
 }
 
@@ -496,19 +508,7 @@ static void softmax_task(void *p, int ith, int nth) {
         float *s = j->scores + (int64_t)h * L->n_cells;
         float mx = -INFINITY;
         for (int i = 0; i < n; i++) mx = s[i] > mx ? s[i] : mx;
-        const double sum = exp_sum(s, n, mx);
-        const float inv = (float)(1.0 / sum);
-        int i = 0;
-        if (L->flags & DEC_F32_ATTN) {
-            for (; i < n; i++) s[i] = s[i] * inv;
-        } else if (L->kv_type == KV_F16) {
-            const __m256 iv = _mm256_set1_ps(inv);
-            for (; i + 8 <= n; i += 8)
-                _mm256_storeu_ps(s + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + i), iv), 0)));
-            for (; i < n; i++) s[i] = from_f16(to_f16(s[i] * inv));
-        } else {
-            for (; i < n; i++) s[i] = bf16_to_f32(f32_to_bf16(s[i] * inv));
-        }
+        probabilities(L, s, n, mx);
     }
 }
 
