@@ -102,9 +102,7 @@ class CellMask:
 
     @staticmethod
     def _f32(ok: np.ndarray) -> torch.Tensor:
-        m = torch.zeros(ok.shape, dtype=torch.float32)
-        m.masked_fill_(torch.from_numpy(~ok), float("-inf"))
-        return m
+        return torch.from_numpy(np.where(ok, np.float32(0), np.float32(-np.inf)))
 
     def full(self) -> torch.Tensor:
         """f32 [n, n_kv], made once (every layer of a step reads the same)."""
@@ -255,8 +253,9 @@ class KVCache:
                 s_id = int(s).bit_length() - 1
                 nxt = self.seq_pos_max(s_id) + 1
                 ok |= (self.seq == s) & (nxt - self.pos >= self.swa_window)
-        order = np.roll(np.arange(self.n_cells), -self.head)
-        cand = order[ok[order]][:n]
+        cand = np.flatnonzero(ok[self.head:])[:n] + self.head     # from head on, then wrapping around
+        if len(cand) < n:
+            cand = np.concatenate([cand, np.flatnonzero(ok[:self.head])[:n - len(cand)]])
         if len(cand) < n:
             return None
         return cand

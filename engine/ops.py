@@ -245,6 +245,10 @@ def batched_dtype(n: int, ws: Iterable[QTensor], scratch: Scratch | None) -> tor
 def get_rows(w: QTensor, ids: torch.Tensor | list[int]) -> torch.Tensor:
     """Rows `ids` of w, dequantized to f32 [len(ids), cols]; the rest of the matrix is never touched."""
     idx = np.asarray(ids.tolist() if isinstance(ids, torch.Tensor) else ids, dtype=np.int64)
+    if len(idx) == 1 and kernels.AVAILABLE and w.qtype in kernels.SUPPORTED and 0 <= idx[0] < w.rows \
+            and not (isinstance(w.data, torch.Tensor) and w.data.device.type != "cpu"):
+        # one token (decode): the native dequantization of its row, the same products as below
+        return kernels.dequantize_into(w, torch.empty(1, w.cols), int(idx[0]), int(idx[0]) + 1, alone=True)
     raw = w.data.reshape(w.rows, w.row_bytes)[idx]
     return dequantize_torch(raw.reshape(-1), w.qtype, (len(idx), w.cols))
 
