@@ -42,12 +42,19 @@ typedef struct { float d, s; int32_t sum16[2]; int8_t qs[QK]; } qact;   /* 48 by
 
 /* ---- unpacking: one 32-value block of one weight row to bytes, scale and offset ---- */
 
-static inline void put(pblk *p, int j, __m256i u, float d, float o) {
-    uint32_t t[8] __attribute__((aligned(32)));
-    _mm256_store_si256((__m256i *)t, u);
-    for (int q = 0; q < 8; q++) p->q[q][j] = t[q];
+/* block b of row j: its bytes into the panel's order (8 dwords 128 bytes apart), or with rm, into rm[b]
+ * in the row's own order for transpose16 to turn 16 rows at a time */
+static inline void put(pblk *P, int b, int j, __m256i u, float d, float o, __m256i *rm) {
+    pblk *p = P + b;
+    if (rm) _mm256_store_si256(rm + b, u);
+    else {
+        uint32_t t[8] __attribute__((aligned(32)));
+        _mm256_store_si256((__m256i *)t, u);
+        for (int q = 0; q < 8; q++) p->q[q][j] = t[q];
+    }
     p->d[j] = d; p->o[j] = o;
 }
+#define PUT(b, u, d, o) put(p, (b), j, (u), (d), (o), rm)
 
 /* 0x10 where bit i of the 32 bits is set (simd.h's bytes_from_bits gives 0xFF) */
 static inline __m256i high_bits(const uint8_t *qh) {
@@ -55,29 +62,29 @@ static inline __m256i high_bits(const uint8_t *qh) {
 }
 
 /* row `row` of the weight, all blocks, into column j of the panel's blocks p[0..cols/32) */
-static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
+static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j, __m256i *rm) {
     const int nb = cols / QK;
     switch (type) {
     case T_Q4_0: { const blk_q4_0 *x = (const void *)row;
-        for (int b = 0; b < nb; b++) { const float d = f16s(x[b].d); put(p + b, j, bytes_from_nibbles(x[b].qs), d, 0.f); }
+        for (int b = 0; b < nb; b++) { const float d = f16s(x[b].d); PUT(b, bytes_from_nibbles(x[b].qs), d, 0.f); }
         break; }
     case T_Q4_1: { const blk_q4_1 *x = (const void *)row;
-        for (int b = 0; b < nb; b++) put(p + b, j, bytes_from_nibbles(x[b].qs), f16s(x[b].d), f16s(x[b].m));
+        for (int b = 0; b < nb; b++) PUT(b, bytes_from_nibbles(x[b].qs), f16s(x[b].d), f16s(x[b].m));
         break; }
     case T_Q5_0: { const blk_q5_0 *x = (const void *)row;
         for (int b = 0; b < nb; b++) {
             const float d = f16s(x[b].d);
-            put(p + b, j, _mm256_or_si256(bytes_from_nibbles(x[b].qs), high_bits(x[b].qh)), d, 0.f);
+            PUT(b, _mm256_or_si256(bytes_from_nibbles(x[b].qs), high_bits(x[b].qh)), d, 0.f);
         }
         break; }
     case T_Q5_1: { const blk_q5_1 *x = (const void *)row;
         for (int b = 0; b < nb; b++)
-            put(p + b, j, _mm256_or_si256(bytes_from_nibbles(x[b].qs), high_bits(x[b].qh)), f16s(x[b].d), f16s(x[b].m));
+            PUT(b, _mm256_or_si256(bytes_from_nibbles(x[b].qs), high_bits(x[b].qh)), f16s(x[b].d), f16s(x[b].m));
         break; }
     case T_Q8_0: { const blk_q8_0 *x = (const void *)row;
         for (int b = 0; b < nb; b++) {
             const float d = f16s(x[b].d);
-            put(p + b, j, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x[b].qs), _mm256_set1_epi8((char)0x80)),
+            PUT(b, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)x[b].qs), _mm256_set1_epi8((char)0x80)),
                 d, 0.f);
         }
         break; }
@@ -98,7 +105,7 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
                     _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(H, 2), m30)),
                 };
                 for (int k = 0; k < 4; k++)
-                    put(p + 8 * sb + 4 * c + k, j, g[k], d * (float)sc[2 * k], d * (float)sc[2 * k + 1]);
+                    PUT(8 * sb + 4 * c + k, g[k], d * (float)sc[2 * k], d * (float)sc[2 * k + 1]);
             }
         }
         break; }
@@ -122,9 +129,9 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j) {
                 }
                 int sc, mn;
                 scale_min_k4(2 * c, scales, &sc, &mn);
-                put(p + 8 * s + 2 * c, j, lo, d * (float)sc, -dmin * (float)mn);
+                PUT(8 * s + 2 * c, lo, d * (float)sc, -dmin * (float)mn);
                 scale_min_k4(2 * c + 1, scales, &sc, &mn);
-                put(p + 8 * s + 2 * c + 1, j, hi, d * (float)sc, -dmin * (float)mn);
+                PUT(8 * s + 2 * c + 1, hi, d * (float)sc, -dmin * (float)mn);
             }
         }
         break; }
@@ -193,6 +200,34 @@ static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int 
             y[b].sum16[0] = s0; y[b].sum16[1] = s1;
             y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
             y[b].s = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
+        }
+    }
+}
+
+/* ---- a panel's rows 16h..16h+15 from their row-order copies rm[r * nb + b] (r < 16, put's rm): each
+ * block's 16 rows x 8 dwords turned into 8 x 16 in registers (two rows a register, then an 8 x 8
+ * transpose in each 256-bit half). put's 8 scattered dword stores a row and block made unpacking cost
+ * more than the products at short prompts (Gemma-3 pp16: 28 % of the time in unpack_row) ---- */
+static void transpose16(int nb, const __m256i *rm, pblk *P, int h) {
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    for (int b = 0; b < nb; b++) {
+        __m512i z[8], t[8], u[8];
+        for (int k = 0; k < 8; k++)      /* rows k and k + 8 */
+            z[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(rm + (size_t)k * nb + b)),
+                                      _mm256_load_si256(rm + (size_t)(k + 8) * nb + b), 1);
+        for (int k = 0; k < 4; k++) {
+            t[2 * k] = _mm512_unpacklo_epi32(z[2 * k], z[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_epi32(z[2 * k], z[2 * k + 1]);
+        }
+        for (int k = 0; k < 2; k++) {    /* u[4k + q]: quads q and q + 4 of rows 4k..4k+3 (and 8 + those) */
+            u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+            u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+        }
+        for (int q = 0; q < 4; q++) {
+            _mm512_store_si512(P[b].q[q] + 16 * h, _mm512_permutex2var_epi64(u[q], lo, u[4 + q]));
+            _mm512_store_si512(P[b].q[q + 4] + 16 * h, _mm512_permutex2var_epi64(u[q], hi, u[4 + q]));
         }
     }
 }
@@ -452,14 +487,14 @@ typedef struct {
 /* each thread's buffers (0: quantized x, the caller's; 1: a panel), freed when the thread ends: the pool
  * replaces its workers when the thread count changes (pool.c), and a _Thread_local pointer alone leaked
  * every old worker's panel */
-typedef struct { void *p[2]; size_t n[2]; } tbufs;
+typedef struct { void *p[3]; size_t n[3]; } tbufs;
 static pthread_key_t tkey;
 static pthread_once_t tonce = PTHREAD_ONCE_INIT;
 static int tkey_ok;
 
 static void tbufs_free(void *v) {
     tbufs *t = v;
-    if (t) { free(t->p[0]); free(t->p[1]); free(t); }
+    if (t) { free(t->p[0]); free(t->p[1]); free(t->p[2]); free(t); }
 }
 
 static void tkey_init(void) { tkey_ok = pthread_key_create(&tkey, tbufs_free) == 0; }
@@ -501,6 +536,10 @@ static void panel_task(void *arg, int ith, int nth) {
     qg_job *j = arg; (void)ith; (void)nth;
     const int nb = j->cols / QK;
     pblk *P = thread_buffer(1, (size_t)nb * sizeof(pblk));
+#if CK_ISA == ISA_AVX512_VNNI
+    __m256i *rm = thread_buffer(2, (size_t)16 * nb * sizeof(__m256i));
+    if (!rm) P = NULL;
+#endif
     if (!P) { atomic_store(&j->failed, 1); return; }
     int i = 0;
     for (;;) {
@@ -508,7 +547,16 @@ static void panel_task(void *arg, int ith, int nth) {
         if (t >= j->poff[j->n_w]) break;
         while (t >= j->poff[i + 1]) i++;
         const int64_t r0 = (t - j->poff[i]) * PR;
-        for (int r = 0; r < PR; r++) unpack_row(j->type[i], j->cols, j->w[i] + (r0 + r) * j->row_bytes[i], P, r);
+        const uint8_t *w = j->w[i] + r0 * j->row_bytes[i];
+#if CK_ISA == ISA_AVX512_VNNI
+        for (int h = 0; h < PR / 16; h++) {   /* 16 rows in their own order, then turned in registers */
+            for (int r = 0; r < 16; r++)
+                unpack_row(j->type[i], j->cols, w + (16 * h + r) * j->row_bytes[i], P, 16 * h + r, rm + (size_t)r * nb);
+            transpose16(nb, rm, P, h);
+        }
+#else
+        for (int r = 0; r < PR; r++) unpack_row(j->type[i], j->cols, w + r * j->row_bytes[i], P, r, NULL);
+#endif
         panel_rows(j->type[i], j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
     }
 }
