@@ -13,3 +13,14 @@ def threads(request):
     kernels.set_threads(request.param)
     yield request.param
     kernels.set_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _isa_restored():
+    """Each test leaves the library's instruction set as it found it: the fixtures here move it and put
+    back the best one, which under CELLAR_ISA=avx2 (the AVX2 path emulated) left later tests running the
+    VNNI kernels while cpu_features still answered for AVX2."""
+    before = kernels.ISA
+    yield
+    if kernels.AVAILABLE and kernels.ISA != before:
+        kernels.set_isa(before)
