@@ -42,17 +42,11 @@ typedef struct { float d, s; int32_t sum16[2]; int8_t qs[QK]; } qact;   /* 48 by
 
 /* ---- unpacking: one 32-value block of one weight row to bytes, scale and offset ---- */
 
-/* block b of row j: its bytes into the panel's order (8 dwords 128 bytes apart), or with rm, into rm[b]
- * in the row's own order for transpose16 to turn 16 rows at a time */
+/* block b of row j: its bytes into rm[b], in the row's own order (transpose16 / transpose8 turn 16 / 8
+ * rows at a time into the panel's), its scale and offset into the panel */
 static inline void put(pblk *P, int b, int j, __m256i u, float d, float o, __m256i *rm) {
-    pblk *p = P + b;
-    if (rm) _mm256_store_si256(rm + b, u);
-    else {
-        uint32_t t[8] __attribute__((aligned(32)));
-        _mm256_store_si256((__m256i *)t, u);
-        for (int q = 0; q < 8; q++) p->q[q][j] = t[q];
-    }
-    p->d[j] = d; p->o[j] = o;
+    _mm256_store_si256(rm + b, u);
+    P[b].d[j] = d; P[b].o[j] = o;
 }
 #define PUT(b, u, d, o) put(p, (b), j, (u), (d), (o), rm)
 
@@ -323,6 +317,29 @@ static void panel_rows(int type, int n, int nb, const pblk *P, const qact *X, vo
 
 #else   /* AVX2 (and AVX-512 without VNNI): vpmaddubsw */
 
+/* a panel's rows 8h..8h+7 from their row-order copies rm[r * nb + b] (r < 8, put's rm): each block's
+ * 8 x 8 dwords transposed in registers (transpose16's reason, on 256 bits) */
+static void transpose8(int nb, const __m256i *rm, pblk *P, int h) {
+    for (int b = 0; b < nb; b++) {
+        __m256i r[8], t[8], u[8];
+        for (int k = 0; k < 8; k++) r[k] = _mm256_load_si256(rm + (size_t)k * nb + b);
+        for (int k = 0; k < 4; k++) {
+            t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+        }
+        for (int k = 0; k < 2; k++) {    /* u[4k + q]: quads q and q + 4 of rows 4k..4k+3 */
+            u[4 * k] = _mm256_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 1] = _mm256_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 2] = _mm256_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+            u[4 * k + 3] = _mm256_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+        }
+        for (int q = 0; q < 4; q++) {
+            _mm256_store_si256((__m256i *)(P[b].q[q] + 8 * h), _mm256_permute2x128_si256(u[q], u[4 + q], 0x20));
+            _mm256_store_si256((__m256i *)(P[b].q[q + 4] + 8 * h), _mm256_permute2x128_si256(u[q], u[4 + q], 0x31));
+        }
+    }
+}
+
 /* ---- activations: quant_q8's numbers (q32.c), 32 values at a time ---- */
 static inline __m256 load8(const void *x, int bf16, int64_t i) {   /* 8 values of an f32 or bf16 row */
     if (!bf16) return _mm256_loadu_ps((const float *)x + i);
@@ -532,14 +549,20 @@ static void quant_task(void *arg, int ith, int nth) {
     }
 }
 
+#if CK_ISA == ISA_AVX512_VNNI
+#define TR_ROWS 16
+#define TRANSPOSE transpose16
+#else
+#define TR_ROWS 8
+#define TRANSPOSE transpose8
+#endif
+
 static void panel_task(void *arg, int ith, int nth) {
     qg_job *j = arg; (void)ith; (void)nth;
     const int nb = j->cols / QK;
     pblk *P = thread_buffer(1, (size_t)nb * sizeof(pblk));
-#if CK_ISA == ISA_AVX512_VNNI
-    __m256i *rm = thread_buffer(2, (size_t)16 * nb * sizeof(__m256i));
+    __m256i *rm = thread_buffer(2, (size_t)TR_ROWS * nb * sizeof(__m256i));
     if (!rm) P = NULL;
-#endif
     if (!P) { atomic_store(&j->failed, 1); return; }
     int i = 0;
     for (;;) {
@@ -548,15 +571,12 @@ static void panel_task(void *arg, int ith, int nth) {
         while (t >= j->poff[i + 1]) i++;
         const int64_t r0 = (t - j->poff[i]) * PR;
         const uint8_t *w = j->w[i] + r0 * j->row_bytes[i];
-#if CK_ISA == ISA_AVX512_VNNI
-        for (int h = 0; h < PR / 16; h++) {   /* 16 rows in their own order, then turned in registers */
-            for (int r = 0; r < 16; r++)
-                unpack_row(j->type[i], j->cols, w + (16 * h + r) * j->row_bytes[i], P, 16 * h + r, rm + (size_t)r * nb);
-            transpose16(nb, rm, P, h);
+        for (int h = 0; h < PR / TR_ROWS; h++) {   /* TR_ROWS rows in their own order, then turned in registers */
+            for (int r = 0; r < TR_ROWS; r++)
+                unpack_row(j->type[i], j->cols, w + (TR_ROWS * h + r) * j->row_bytes[i], P, TR_ROWS * h + r,
+                           rm + (size_t)r * nb);
+            TRANSPOSE(nb, rm, P, h);
         }
-#else
-        for (int r = 0; r < PR; r++) unpack_row(j->type[i], j->cols, w + r * j->row_bytes[i], P, r, NULL);
-#endif
         panel_rows(j->type[i], j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
     }
 }
