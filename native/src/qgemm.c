@@ -42,8 +42,8 @@ typedef struct { float d, s; int32_t sum16[2]; int8_t qs[QK]; } qact;   /* 48 by
 
 /* ---- unpacking: one 32-value block of one weight row to bytes, scale and offset ---- */
 
-/* block b of row j: its bytes into rm[b], in the row's own order (transpose16 / transpose8 turn 16 / 8
- * rows at a time into the panel's), its scale and offset into the panel */
+/* block b of row j: its bytes into rm[b], in the row's own order (transpose8 turns 8 rows at a time into
+ * the panel's), its scale and offset into the panel */
 static inline void put(pblk *P, int b, int j, __m256i u, float d, float o, __m256i *rm) {
     _mm256_store_si256(rm + b, u);
     P[b].d[j] = d; P[b].o[j] = o;
@@ -55,7 +55,8 @@ static inline __m256i high_bits(const uint8_t *qh) {
     return _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
 }
 
-/* row `row` of the weight, all blocks, into column j of the panel's blocks p[0..cols/32) */
+/* row `row` of the weight, all blocks: the bytes into rm (put), scales and offsets into column j of the
+ * panel's blocks p[0..cols/32) */
 static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j, __m256i *rm) {
     const int nb = cols / QK;
     switch (type) {
@@ -132,6 +133,31 @@ static void unpack_row(int type, int cols, const uint8_t *row, pblk *p, int j, _
     }
 }
 
+/* a panel's rows 8h..8h+7 from their row-order copies rm[r * nb + b] (r < 8, put's rm): each block's
+ * 8 rows x 8 dwords transposed in registers. Storing each row's block straight into the panel's order
+ * took 8 scattered dword stores, and unpacking cost more than the products at short prompts (Gemma-3
+ * pp16: 28 % of the time in unpack_row); a 16-row 512-bit version measured no faster */
+static void transpose8(int nb, const __m256i *rm, pblk *P, int h) {
+    for (int b = 0; b < nb; b++) {
+        __m256i r[8], t[8], u[8];
+        for (int k = 0; k < 8; k++) r[k] = _mm256_load_si256(rm + (size_t)k * nb + b);
+        for (int k = 0; k < 4; k++) {
+            t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+        }
+        for (int k = 0; k < 2; k++) {    /* u[4k + q]: quads q and q + 4 of rows 4k..4k+3 */
+            u[4 * k] = _mm256_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 1] = _mm256_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 2] = _mm256_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+            u[4 * k + 3] = _mm256_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+        }
+        for (int q = 0; q < 4; q++) {
+            _mm256_store_si256((__m256i *)(P[b].q[q] + 8 * h), _mm256_permute2x128_si256(u[q], u[4 + q], 0x20));
+            _mm256_store_si256((__m256i *)(P[b].q[q + 4] + 8 * h), _mm256_permute2x128_si256(u[q], u[4 + q], 0x31));
+        }
+    }
+}
+
 static int qgemm_type(int type) {
     switch (type) {
     case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q4_K: case T_Q5_K: case T_Q6_K: return 1;
@@ -194,34 +220,6 @@ static void quant_rows(int cols, const void *x, int bf16, int64_t x_stride, int 
             y[b].sum16[0] = s0; y[b].sum16[1] = s1;
             y[b].d = _cvtsh_ss(_cvtss_sh(d, 0));
             y[b].s = _cvtsh_ss(_cvtss_sh(d * (float)sum, 0));
-        }
-    }
-}
-
-/* ---- a panel's rows 16h..16h+15 from their row-order copies rm[r * nb + b] (r < 16, put's rm): each
- * block's 16 rows x 8 dwords turned into 8 x 16 in registers (two rows a register, then an 8 x 8
- * transpose in each 256-bit half). put's 8 scattered dword stores a row and block made unpacking cost
- * more than the products at short prompts (Gemma-3 pp16: 28 % of the time in unpack_row) ---- */
-static void transpose16(int nb, const __m256i *rm, pblk *P, int h) {
-    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-    for (int b = 0; b < nb; b++) {
-        __m512i z[8], t[8], u[8];
-        for (int k = 0; k < 8; k++)      /* rows k and k + 8 */
-            z[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256(rm + (size_t)k * nb + b)),
-                                      _mm256_load_si256(rm + (size_t)(k + 8) * nb + b), 1);
-        for (int k = 0; k < 4; k++) {
-            t[2 * k] = _mm512_unpacklo_epi32(z[2 * k], z[2 * k + 1]);
-            t[2 * k + 1] = _mm512_unpackhi_epi32(z[2 * k], z[2 * k + 1]);
-        }
-        for (int k = 0; k < 2; k++) {    /* u[4k + q]: quads q and q + 4 of rows 4k..4k+3 (and 8 + those) */
-            u[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
-            u[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
-            u[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
-            u[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
-        }
-        for (int q = 0; q < 4; q++) {
-            _mm512_store_si512(P[b].q[q] + 16 * h, _mm512_permutex2var_epi64(u[q], lo, u[4 + q]));
-            _mm512_store_si512(P[b].q[q + 4] + 16 * h, _mm512_permutex2var_epi64(u[q], hi, u[4 + q]));
         }
     }
 }
@@ -316,29 +314,6 @@ static void panel_rows(int type, int n, int nb, const pblk *P, const qact *X, vo
 }
 
 #else   /* AVX2 (and AVX-512 without VNNI): vpmaddubsw */
-
-/* a panel's rows 8h..8h+7 from their row-order copies rm[r * nb + b] (r < 8, put's rm): each block's
- * 8 x 8 dwords transposed in registers (transpose16's reason, on 256 bits) */
-static void transpose8(int nb, const __m256i *rm, pblk *P, int h) {
-    for (int b = 0; b < nb; b++) {
-        __m256i r[8], t[8], u[8];
-        for (int k = 0; k < 8; k++) r[k] = _mm256_load_si256(rm + (size_t)k * nb + b);
-        for (int k = 0; k < 4; k++) {
-            t[2 * k] = _mm256_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
-            t[2 * k + 1] = _mm256_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
-        }
-        for (int k = 0; k < 2; k++) {    /* u[4k + q]: quads q and q + 4 of rows 4k..4k+3 */
-            u[4 * k] = _mm256_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
-            u[4 * k + 1] = _mm256_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
-            u[4 * k + 2] = _mm256_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
-            u[4 * k + 3] = _mm256_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
-        }
-        for (int q = 0; q < 4; q++) {
-            _mm256_store_si256((__m256i *)(P[b].q[q] + 8 * h), _mm256_permute2x128_si256(u[q], u[4 + q], 0x20));
-            _mm256_store_si256((__m256i *)(P[b].q[q + 4] + 8 * h), _mm256_permute2x128_si256(u[q], u[4 + q], 0x31));
-        }
-    }
-}
 
 /* ---- activations: quant_q8's numbers (q32.c), 32 values at a time ---- */
 static inline __m256 load8(const void *x, int bf16, int64_t i) {   /* 8 values of an f32 or bf16 row */
@@ -501,7 +476,8 @@ typedef struct {
     _Atomic int failed;
 } qg_job;
 
-/* each thread's buffers (0: quantized x, the caller's; 1: a panel), freed when the thread ends: the pool
+/* each thread's buffers (0: quantized x, the caller's; 1: a panel; 2: 8 unpacked rows in their own
+ * order), freed when the thread ends: the pool
  * replaces its workers when the thread count changes (pool.c), and a _Thread_local pointer alone leaked
  * every old worker's panel */
 typedef struct { void *p[3]; size_t n[3]; } tbufs;
@@ -549,21 +525,12 @@ static void quant_task(void *arg, int ith, int nth) {
     }
 }
 
-#if CK_ISA == ISA_AVX512_VNNI
-#define TR_ROWS 16
-#define TRANSPOSE transpose16
-#else
-#define TR_ROWS 8
-#define TRANSPOSE transpose8
-#endif
-
 static void panel_task(void *arg, int ith, int nth) {
     qg_job *j = arg; (void)ith; (void)nth;
     const int nb = j->cols / QK;
     pblk *P = thread_buffer(1, (size_t)nb * sizeof(pblk));
-    __m256i *rm = thread_buffer(2, (size_t)TR_ROWS * nb * sizeof(__m256i));
-    if (!rm) P = NULL;
-    if (!P) { atomic_store(&j->failed, 1); return; }
+    __m256i *rm = thread_buffer(2, (size_t)8 * nb * sizeof(__m256i));
+    if (!P || !rm) { atomic_store(&j->failed, 1); return; }
     int i = 0;
     for (;;) {
         const int64_t t = atomic_fetch_add(&j->next, 1);
@@ -571,11 +538,11 @@ static void panel_task(void *arg, int ith, int nth) {
         while (t >= j->poff[i + 1]) i++;
         const int64_t r0 = (t - j->poff[i]) * PR;
         const uint8_t *w = j->w[i] + r0 * j->row_bytes[i];
-        for (int h = 0; h < PR / TR_ROWS; h++) {   /* TR_ROWS rows in their own order, then turned in registers */
-            for (int r = 0; r < TR_ROWS; r++)
-                unpack_row(j->type[i], j->cols, w + (TR_ROWS * h + r) * j->row_bytes[i], P, TR_ROWS * h + r,
+        for (int h = 0; h < PR / 8; h++) {   /* 8 rows in their own order, then turned in registers */
+            for (int r = 0; r < 8; r++)
+                unpack_row(j->type[i], j->cols, w + (8 * h + r) * j->row_bytes[i], P, 8 * h + r,
                            rm + (size_t)r * nb);
-            TRANSPOSE(nb, rm, P, h);
+            transpose8(nb, rm, P, h);
         }
         panel_rows(j->type[i], j->n, nb, P, j->act, j->out[i], j->out_bf16, j->out_stride[i], r0);
     }
@@ -614,10 +581,10 @@ static int FN(qgemm_supports)(int type, int64_t rows, int64_t cols) {
     return !((type == T_Q4_K || type == T_Q5_K || type == T_Q6_K) && cols % QK_K);
 }
 
-/* bytes of the calling thread's buffers (quantized x, one panel) */
+/* bytes of the calling thread's buffers (quantized x, one panel, 8 unpacked rows) */
 static int64_t FN(qgemm_buffer_bytes)(void) {
     const tbufs *t = thread_bufs(0);
-    return t ? (int64_t)(t->n[0] + t->n[1]) : 0;
+    return t ? (int64_t)(t->n[0] + t->n[1] + t->n[2]) : 0;
 }
 
 void FN(register_qgemm)(kernel_table *t) {
