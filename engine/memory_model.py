@@ -27,13 +27,15 @@ def _widest(groups, skip=lambda name, shape: False) -> int:
                 and not skip(name, shape)), default=0)
 
 
-ACT_Q8_BYTES, PANEL_BLOCK_BYTES = 48, 1280   # native/src/qgemm.c: qact per 32 values; pblk per 32 columns
+# native/src/qgemm.c: qact per 32 values; pblk per 32 columns; 8 unpacked rows (transpose8's input) per 32
+# columns
+ACT_Q8_BYTES, PANEL_BLOCK_BYTES, UNPACKED_ROWS_BYTES = 48, 1280, 8 * 32
 
 
 def int8_buffers(g, layers, ub: int, threads: int) -> tuple[int, object]:
     """(bytes, skip) of the int8 prefill GEMM where it runs (cpu_features.int8_prefill): the calling
-    thread's quantized x (ub rows of the widest input) and a panel per thread; skip(name, shape) tells
-    the weights it takes, which the dequantization scratch then does not hold."""
+    thread's quantized x (ub rows of the widest input), and a panel and 8 unpacked rows per thread;
+    skip(name, shape) tells the weights it takes, which the dequantization scratch then does not hold."""
     if not int8_prefill():
         return 0, lambda name, shape: False
 
@@ -43,7 +45,7 @@ def int8_buffers(g, layers, ub: int, threads: int) -> tuple[int, object]:
 
     cols = max((shape[1] for grp in layers for name, (_, shape) in grp.items() if len(shape) == 2
                 and takes(name, shape)), default=0)
-    return (ub * cols // 32 * ACT_Q8_BYTES + threads * cols // 32 * PANEL_BLOCK_BYTES), takes
+    return (ub * cols // 32 * ACT_Q8_BYTES + threads * cols // 32 * (PANEL_BLOCK_BYTES + UNPACKED_ROWS_BYTES)), takes
 
 
 def activation_floats_per_token(h: Hparams) -> int:
