@@ -99,7 +99,7 @@ class MainWindow(QMainWindow):
         c.conversationsChanged.connect(self.sidebar.refresh)
         c.conversationOpened.connect(self.sidebar.select)
         c.replyFinished.connect(self._reply_finished)
-        c.replyStarted.connect(lambda _mid: self.kv_timer.start())
+        c.replyStarted.connect(self._reply_started)
         self.top.settingsRequested.connect(self.open_settings)
         self.top.dockToggled.connect(lambda: self.dock.setVisible(not self.dock.isVisible()))
         self.chat.banner.action.connect(self.restart_engine)
@@ -212,6 +212,13 @@ class MainWindow(QMainWindow):
     def _event(self, ev) -> None:
         if isinstance(ev, P.KVSnapshot):
             self.dock.set_kv(ev.snapshot)
+
+    def _reply_started(self, _mid: str) -> None:
+        self.kv_timer.start()
+        if self.dock.isVisible():
+            # the engine honours it at the reply's first token: the cell map shows the prompt's cells as
+            # soon as it is in the cache, not a timer tick later (a short reply can end before the tick)
+            self.bridge.send(P.Snapshot())
 
     def _ask_kv(self) -> None:
         if not self.controller.generating:

@@ -48,3 +48,18 @@ def test_chat_settings_reach_the_engine_and_the_cell_map_follows_a_reply(qtbot, 
     from app.telemetry.kv_map import cache_squares
     per, squares = cache_squares(cache, max_squares=512)
     assert per == 1 and sum(s.used for s in squares) == cache["used"]
+
+    # the first snapshot is asked for as the reply starts and comes at its first token: the prompt's cells
+    # show at once, not a timer tick later (with the timer out of the way, only that request and the one
+    # after the reply remain). Counted from the reply's first token: the engine sends a snapshot asked for
+    # before it after the token, and one still on its way from the reply above comes before it
+    w.new_chat()
+    w.kv_timer.setInterval(600000)
+    seen, after_first = [], []
+    w.bridge.token.connect(lambda *a: seen.append(1))
+    w.bridge.event.connect(lambda ev: after_first.append(ev.snapshot["used"])
+                           if isinstance(ev, P.KVSnapshot) and seen else None)
+    mid, stats = send_and_wait(qtbot, w, "Count from one to ten in words.")
+    assert stats["n_tokens"] >= 3, stats
+    assert after_first and stats["prompt_tokens"] <= after_first[0] <= stats["prompt_tokens"] + stats["n_tokens"] - 2, \
+        (after_first, stats)
