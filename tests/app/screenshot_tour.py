@@ -55,7 +55,7 @@ def main(out: Path) -> None:
     w.bridge.modelLoaded.connect(loaded.append)
     w.loader.load(str(pull("smollm2")), settings.load_fields())
     wait(lambda: loaded)
-    wait(lambda: len(w.dock.graphs.samples) >= 3)
+    wait(lambda: len(w.dock.graphs.samples) >= 25, 60)     # the graphs' last half minute, not a sliver
 
     tokens, done, shot = [], [], {}
     w.bridge.token.connect(lambda *a: tokens.append(a))
