@@ -168,6 +168,13 @@ class MainWindow(QMainWindow):
             self._pending_load = (last, self.settings.load_fields())
         self.bridge.start()
 
+    def load_when_ready(self, path: str) -> None:
+        """Load path with the settings' load options as soon as the engine is up (now, if it is idle)."""
+        if self.bridge.state is P.EngineState.IDLE and self.loader.loading_path is None:
+            self.loader.load(path, self.settings.load_fields())
+        else:
+            self._pending_load = (path, self.settings.load_fields())
+
     def restart_engine(self) -> None:
         self.chat.banner.hide()
         self.status.set_engine("starting")
