@@ -1,14 +1,24 @@
 """`cellar chat`: a terminal chat that streams replies; Ctrl+C stops a reply, Ctrl+D leaves.
 
 Each turn evaluates only the new tokens: the conversation stays in the KV cache and the runtime
-reuses the common prefix. Commands: /reset, /save FILE, /exit.
+reuses the common prefix. A conversation that outgrows the context loses its oldest turns (the system
+prompt stays; prompting.fit_chat) and says so. Commands: /help, /reset, /save FILE, /exit.
 """
 from __future__ import annotations
 
 import sys
 
-from engine.prompting import chat_tokens, raw_tokens
+import re
+
+from engine.errors import CellarError
+from engine.prompting import fit_chat, leading_system, raw_tokens, reply_room
 from engine.sampling import Sampler
+
+HELP = ("/help       this list\n"
+        "/reset      start the conversation over (the system prompt stays)\n"
+        "/save FILE  keep the session in FILE (cellar chat --load-session FILE goes on from it)\n"
+        "/exit       leave (so do Ctrl+D and /quit); Ctrl+C stops a reply")
+COMMAND = re.compile(r"/[A-Za-z?]+")     # "/usr/bin ..." and "/ 2" are messages, "/x" a command
 
 
 def chat_loop(model, args, params) -> int:
@@ -39,6 +49,9 @@ def chat_loop(model, args, params) -> int:
             continue
         if text in ("/exit", "/quit"):
             break
+        if text in ("/help", "/?"):
+            print(HELP, file=sys.stderr)
+            continue
         if text == "/reset":
             messages = [m for m in messages if m["role"] == "system"]
             history = []
@@ -51,15 +64,32 @@ def chat_loop(model, args, params) -> int:
                 print("[usage: /save FILE]", file=sys.stderr)
                 continue
             from engine import session
-            session.save(model, parts[1], tokens=history, sampler=sampler,
-                         extra={"messages": messages, "raw": bool(args.raw)})
+            try:
+                session.save(model, parts[1], tokens=history, sampler=sampler,
+                             extra={"messages": messages, "raw": bool(args.raw)})
+            except (CellarError, OSError) as e:     # the chat goes on: nothing is lost
+                print(f"[not saved: {e}]", file=sys.stderr)
+                continue
             print(f"[saved {len(history)} tokens to {parts[1]}]", file=sys.stderr)
+            continue
+        if COMMAND.fullmatch(text.split(maxsplit=1)[0]):
+            print(f"[unknown command {text.split()[0]}: /help lists them]", file=sys.stderr)
             continue
         if args.raw:
             prompt = history + raw_tokens(model, line, continuing=bool(history))
         else:
             messages.append({"role": "user", "content": line})
-            prompt = chat_tokens(model, messages)
+            try:
+                prompt, left_out = fit_chat(model, messages, room=reply_room(model.n_ctx, args.n_predict))
+            except CellarError as e:
+                messages.pop()
+                print(f"[{e}]", file=sys.stderr)
+                continue
+            if left_out:
+                head = leading_system(messages)
+                messages = messages[:head] + messages[head + left_out:]
+                print(f"[the conversation outgrew the context ({model.n_ctx} tokens): its {left_out} oldest "
+                      f"message{'s' if left_out != 1 else ''} left out]", file=sys.stderr)
         cancel["flag"] = False
 
         def on_token(tid, piece):

@@ -190,6 +190,7 @@ class GenerationDone:
     prompt_tok_s: float = 0.0
     t_prompt_s: float = 0.0
     t_gen_s: float = 0.0
+    left_out: int = 0                           # oldest messages kept out of the prompt to fit the context
 
 
 @dataclass

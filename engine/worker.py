@@ -54,6 +54,7 @@ class Worker:
         self.conversation: str | None = None    # the conversation whose tokens sit in seq 0
         self.messages: list[dict] = []          # and its messages, reply included
         self.history: list[int] = []            # and its tokens, prompt and reply
+        self.left_out = 0                       # its oldest messages kept out of the prompt (prompting.fit_chat)
         self.raw = False
         self.sampler = None
         self.restored_sampler_state = None

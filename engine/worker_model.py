@@ -81,19 +81,24 @@ def _sampler(w, req: P.Generate):
     return sampler
 
 
-def _prompt(w, req: P.Generate) -> tuple[list[int], bool]:
-    from engine.prompting import chat_tokens, raw_tokens
+def _prompt(w, req: P.Generate) -> tuple[list[int], bool, int]:
+    """(tokens, raw, messages left out): a chat that outgrew the context loses its oldest turns from the
+    prompt (prompting.fit_chat; the app keeps them), the same ones on the conversation's next turns."""
+    from engine.prompting import fit_chat, raw_tokens, reply_room
     model = w.model
     if req.messages is not None:
         if not req.messages:
             raise BadRequest("the conversation has no messages; send at least one")
-        return chat_tokens(model, list(req.messages)), False
+        before = w.left_out if w.conversation == req.conversation_id else 0
+        ids, left_out = fit_chat(model, list(req.messages), room=reply_room(model.n_ctx, req.max_tokens),
+                                 left_out=before)
+        return ids, False, left_out
     if req.prompt is None:
         raise BadRequest("a Generate request needs messages (chat) or a prompt (raw completion)")
     if req.session_path:                        # continue the restored session: the prompt is appended
         history = list(w.history)
-        return history + (raw_tokens(model, req.prompt, continuing=bool(history)) if req.prompt else []), True
-    return raw_tokens(model, req.prompt), True
+        return history + (raw_tokens(model, req.prompt, continuing=bool(history)) if req.prompt else []), True, 0
+    return raw_tokens(model, req.prompt), True, 0
 
 
 def generate(w, req: P.Generate) -> P.GenerationDone:
@@ -103,7 +108,7 @@ def generate(w, req: P.Generate) -> P.GenerationDone:
         raise BadRequest(f"max_tokens must be 0 or more (got {req.max_tokens})")
     if req.session_path:
         w.send(restore_session(w, req.session_path, req.conversation_id, rid))
-    prompt, raw = _prompt(w, req)
+    prompt, raw, left_out = _prompt(w, req)
     if not prompt:
         raise BadRequest("the prompt is empty; type something first")
     sampler = _sampler(w, req)
@@ -127,14 +132,14 @@ def generate(w, req: P.Generate) -> P.GenerationDone:
     decoded = n - (1 if n and res.stop_reason != "eos" else 0)      # the last token is not evaluated
     prompt_eval = max(0, int(res.n_eval) - decoded)
     w.telemetry.generation_finished(tok_s)
-    w.conversation, w.raw, w.sampler = req.conversation_id, raw, sampler
+    w.conversation, w.raw, w.sampler, w.left_out = req.conversation_id, raw, sampler, left_out
     w.history = list(prompt) + [int(t) for t in res.tokens]        # the last token may not be cached yet
     w.messages = (list(req.messages) + [{"role": "assistant", "content": res.text}]) if not raw else []
     return P.GenerationDone(
         request_id=rid, stop_reason=res.stop_reason, text=res.text, n_tokens=n, prompt_tokens=len(prompt),
         n_eval=int(res.n_eval), prompt_eval=prompt_eval, ttft_s=round(float(res.ttft_s), 4), tok_s=round(tok_s, 2),
         prompt_tok_s=round(prompt_eval / res.t_prompt_s, 2) if res.t_prompt_s > 0 else 0.0,
-        t_prompt_s=round(float(res.t_prompt_s), 4), t_gen_s=round(float(res.t_gen_s), 4))
+        t_prompt_s=round(float(res.t_prompt_s), 4), t_gen_s=round(float(res.t_gen_s), 4), left_out=left_out)
 
 
 def save_session(w, req: P.SaveSession) -> P.SessionSaved:
@@ -154,7 +159,7 @@ def restore_session(w, path: str, conversation_id: str, request_id: str | None) 
     from engine import session
     info = session.load(w.model, path)
     extra = dict(getattr(info, "extra", None) or {})
-    w.conversation, w.messages = conversation_id, list(extra.get("messages", []))
+    w.conversation, w.messages, w.left_out = conversation_id, list(extra.get("messages", [])), 0
     w.raw = bool(extra.get("raw", False))
     w.history = list(info.tokens)
     w.restored_sampler_state = getattr(info, "sampler_state", None)

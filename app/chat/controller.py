@@ -190,7 +190,8 @@ class ChatController(QObject):
         if ev.text and ev.stop_reason != "error":
             self._reply_text = ev.text
         self._finish({"stop_reason": ev.stop_reason, "tok_s": round(ev.tok_s, 2), "ttft_s": round(ev.ttft_s, 3),
-                      "n_tokens": ev.n_tokens, "prompt_tokens": ev.prompt_tokens, "n_eval": ev.n_eval})
+                      "n_tokens": ev.n_tokens, "prompt_tokens": ev.prompt_tokens, "n_eval": ev.n_eval,
+                      **({"left_out": ev.left_out} if ev.left_out else {})})
 
     def _on_error(self, kind: str, message: str, request_id) -> None:
         if request_id is not None and request_id == self.request_id:

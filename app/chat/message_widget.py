@@ -155,6 +155,12 @@ class MessageWidget(QFrame):
         if stats.get("stop_reason") in ("cancelled", "length", "error"):
             parts.append({"cancelled": "stopped", "length": "cut at the token limit",
                           "error": "interrupted"}[stats["stop_reason"]])
+        if stats.get("left_out"):
+            n = stats["left_out"]
+            parts.append(f"{n} earlier message{'s' if n != 1 else ''} left out")
+            tips.append(f"The conversation outgrew the model's context: the model did not see its {n} oldest "
+                        f"message{'s' if n != 1 else ''} for this reply (they are kept here). Load the model with "
+                        "a larger context to keep more.")
         if stats.get("error"):
             tips.append(stats["error"])
         self.stats_label.setText(" · ".join(parts))

@@ -122,3 +122,14 @@ def test_window_geometry_and_dock_remembered(qtbot, data_dir):
     assert (w2.width(), w2.height()) == (700, 520)
     assert not w2.dock.isVisible()
     w2.close()
+
+
+def test_a_reply_says_when_earlier_messages_were_left_out(qtbot):
+    from app.chat.message_widget import MessageWidget
+    w = MessageWidget("m1", "assistant", "Hello.")
+    qtbot.addWidget(w)
+    w.set_stats({"tok_s": 200.0, "n_tokens": 12, "stop_reason": "eos", "left_out": 4})
+    assert "4 earlier messages left out" in w.stats_label.text()
+    assert "larger context" in w.stats_label.toolTip()
+    w.set_stats({"tok_s": 200.0, "n_tokens": 12, "stop_reason": "eos"})
+    assert "left out" not in w.stats_label.text()

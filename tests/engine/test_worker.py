@@ -84,6 +84,29 @@ def test_second_turn_evaluates_only_new_tokens(engine):
     assert second.prompt_eval < second.prompt_tokens - first.prompt_tokens + 8
 
 
+def test_a_conversation_past_the_context_leaves_out_its_oldest_turns(engine):
+    """The app sends the whole conversation: past the context (512 here) its oldest turns stay out of the
+    prompt, the reply says how many, and the next turn keeps the same cut so the cached prefix serves it."""
+    client, rec, _ = engine
+    mark = rec.mark()
+    long = [{"role": "system", "content": "You are brief."}]
+    for i in range(14):
+        long += [{"role": "user", "content": f"Fact {i}: tell me something true about the number {i} in a sentence."},
+                 {"role": "assistant", "content": f"The number {i} is one of the whole numbers, and it comes right "
+                                                  f"after {i - 1} when people count upwards."}]
+    turn1 = long + [{"role": "user", "content": "Which number did we start with?"}]
+    client.send(P.Generate("f1", messages=turn1, max_tokens=8, temperature=0.0, conversation_id="long"))
+    first = rec.done("f1", 60, mark)
+    assert first.stop_reason in ("length", "eos") and first.left_out > 0 and first.left_out % 2 == 0
+    assert first.prompt_tokens + 8 <= 512 - 128                      # room for the reply and a quarter more
+    turn2 = turn1 + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And then?"}]
+    client.send(P.Generate("f2", messages=turn2, max_tokens=8, temperature=0.0, conversation_id="long"))
+    second = rec.done("f2", 60, mark)
+    assert second.left_out == first.left_out and second.stop_reason in ("length", "eos")
+    assert second.prompt_eval < second.prompt_tokens - first.prompt_tokens + 8     # the prefix was reused
+    assert not [e for e in rec.of(P.Error, mark) if e.request_id in ("f1", "f2")]
+
+
 def test_bad_requests_are_typed_and_worker_goes_on(engine, tmp_path):
     client, rec, _ = engine
     mark = rec.mark()
