@@ -76,7 +76,18 @@ def chat_loop(model, args, params) -> int:
             print(f"[unknown command {text.split()[0]}: /help lists them]", file=sys.stderr)
             continue
         if args.raw:
-            prompt = history + raw_tokens(model, line, continuing=bool(history))
+            new = raw_tokens(model, line, continuing=bool(history))
+            room = reply_room(model.n_ctx, args.n_predict)
+            if len(history) + len(new) + room > model.n_ctx and history:
+                # plain text past the context: its oldest tokens go (the first, BOS or not, stays), down to
+                # a quarter of the context below the limit, as the runtime shifts while it generates
+                keep = max(0, model.n_ctx - room - model.n_ctx // 4 - len(new) - 1)
+                dropped = len(history) - 1 - keep
+                if dropped > 0:
+                    history = history[:1] + history[len(history) - keep:] if keep else history[:1]
+                    print(f"[the text outgrew the context ({model.n_ctx} tokens): its {dropped} oldest tokens "
+                          "left out]", file=sys.stderr)
+            prompt = history + new
         else:
             messages.append({"role": "user", "content": line})
             try:
@@ -100,6 +111,11 @@ def chat_loop(model, args, params) -> int:
         try:
             res = model.generate(prompt, args.n_predict, sampler, on_token=on_token,
                                  should_cancel=lambda: cancel["flag"])
+        except CellarError as e:                 # one line, and the chat goes on
+            if not args.raw:
+                messages.pop()
+            print(f"[{e}]", file=sys.stderr)
+            continue
         except KeyboardInterrupt:
             cancel["flag"] = True
             print("\n[stopped]", file=sys.stderr)

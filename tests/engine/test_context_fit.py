@@ -91,3 +91,16 @@ def test_terminal_chat_goes_on_past_the_context(smollm2_path, tmp_path):
     assert "the conversation outgrew the context (256 tokens)" in err and "oldest message" in err
     assert "/reset" in err and "[unknown command /frob: /help lists them]" in err
     assert "[not saved: " in err and "Traceback" not in err
+
+
+def test_terminal_chat_raw_text_past_the_context(smollm2_path):
+    lines = [f"Line {i} of a long story about a lighthouse keeper and the sea." for i in range(8)]
+    lines += ["word " * 300, "The end."]                                # alone longer than the context
+    r = subprocess.run([sys.executable, "-m", "app.launcher", "chat", str(smollm2_path), "--raw", "-n", "24",
+                        "--temp", "0", "--ctx", "128"], input="\n".join(lines) + "\n", capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr
+    assert err.count(" generated, ") == 9, err                         # all but the over-long one answered
+    assert "the text outgrew the context (128 tokens)" in err and "oldest tokens left out" in err
+    assert "context holds 128" in err and "Traceback" not in err
