@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from engine.errors import BadModelFile
+import numpy as np
+
+from engine.errors import BadModelFile, UnsupportedModel
 from engine.gguf_strings import StringArray
 
 MAX_DIM = 1 << 20          # widths, head counts, feed-forward sizes: the largest real models stay far below
@@ -96,3 +98,36 @@ def shared_hparams(g, arch: str, *, n_head: int, head_dim: int, rope_base: float
         n_rot=number(g, f"{a}.rope.dimension_count", head_dim),
         rope_base=number(g, f"{a}.rope.freq_base", rope_base, float, lo=1e-3, hi=1e15),
         n_ctx_train=number(g, f"{a}.context_length", n_ctx, hi=MAX_CTX))
+
+
+def rope_scale(g, arch: str) -> float:
+    """The linear position scaling of `{arch}.rope.scaling.type` (1 / factor), 1 without one; a scaling
+    Cellar does not compute (YaRN, LongRoPE) is refused rather than run wrong."""
+    kind = g.get(f"{arch}.rope.scaling.type", "none")
+    kind = kind if isinstance(kind, str) else "none"
+    if kind == "none":
+        return 1.0
+    if kind == "linear":
+        return 1.0 / number(g, f"{arch}.rope.scaling.factor", 1.0, float, lo=1e-3, hi=1e6)
+    raise UnsupportedModel(f"{g.path.name}: RoPE scaling '{kind[:40]}' is not supported (Cellar runs none and "
+                           "linear); use a model without it")
+
+
+def rope_factors(g, n_rot: int) -> tuple[float, ...]:
+    """The optional `rope_freqs.weight` (Llama 3.1 and later: a divisor of each rotated pair's frequency),
+    checked: F32, n_rot / 2 finite values above 0. () without it, or where the file was opened without
+    its tensor data (a preview: the memory plan does not depend on it)."""
+    t = g.tensors.get("rope_freqs.weight")
+    if t is None:
+        return ()
+    if int(t.qtype) != 0 or tuple(t.shape) != (n_rot // 2,):
+        raise bad(g, f"tensor 'rope_freqs.weight' should be {n_rot // 2} F32 values, it is {list(t.shape)} "
+                     f"of type {int(t.qtype)}")
+    try:
+        raw = g.tensor_data("rope_freqs.weight")
+    except ValueError:
+        return ()
+    f = np.frombuffer(bytes(raw), dtype="<f4")
+    if not (np.isfinite(f).all() and (f > 0).all()):
+        raise bad(g, "tensor 'rope_freqs.weight' holds a value that is not a finite number above 0")
+    return tuple(float(v) for v in f)

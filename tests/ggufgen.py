@@ -127,8 +127,10 @@ def write_gguf(path, *, arch: str | None = "llama", metadata: dict[str, Any] | N
 
 
 def tiny_llama(path, *, qtype: GGMLType = GGMLType.F32, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
-               n_head_kv: int = 2, n_ff: int = 128, n_vocab: int = 64, n_ctx: int = 256, seed: int = 0) -> Path:
-    """A small llama-shaped model with random weights: matrices in `qtype`, norms in F32."""
+               n_head_kv: int = 2, n_ff: int = 128, n_vocab: int = 64, n_ctx: int = 256, seed: int = 0,
+               rope_freqs: list[float] | None = None, metadata: dict[str, Any] | None = None) -> Path:
+    """A small llama-shaped model with random weights: matrices in `qtype`, norms in F32; rope_freqs: a
+    `rope_freqs.weight` tensor (Llama 3.1's per-pair frequency divisors); metadata: keys added or replaced."""
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
 
@@ -153,10 +155,12 @@ def tiny_llama(path, *, qtype: GGMLType = GGMLType.F32, n_layer: int = 2, n_embd
         tensors[p + "ffn_down.weight"] = mat(n_embd, n_ff)
     tensors["output_norm.weight"] = np.ones(n_embd, np.float32)
     tensors["output.weight"] = mat(n_vocab, n_embd)
+    if rope_freqs is not None:
+        tensors["rope_freqs.weight"] = np.asarray(rope_freqs, np.float32)
 
     specials = ["<unk>", "<s>", "</s>"]
     tokens = specials + [chr(0x21 + i) for i in range(n_vocab - len(specials))]
-    metadata = {
+    meta = {
         "general.name": "tiny-llama",
         "llama.context_length": n_ctx, "llama.embedding_length": n_embd, "llama.block_count": n_layer,
         "llama.feed_forward_length": n_ff, "llama.attention.head_count": n_head,
@@ -166,8 +170,9 @@ def tiny_llama(path, *, qtype: GGMLType = GGMLType.F32, n_layer: int = 2, n_embd
         "tokenizer.ggml.scores": np.zeros(n_vocab, np.float32),
         "tokenizer.ggml.token_type": np.array([2, 3, 3] + [1] * (n_vocab - 3), np.int32),
         "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+        **(metadata or {}),
     }
-    return write_gguf(path, arch="llama", metadata=metadata, tensors=tensors)
+    return write_gguf(path, arch="llama", metadata=meta, tensors=tensors)
 
 
 # ---- byte edits ---------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class Hparams:
     swa_layers: frozenset[int] = field(default_factory=frozenset)
     rope_base_swa: float = 10000.0
     rope_scale: float = 1.0            # linear position scaling (global layers only)
+    rope_factors: tuple[float, ...] = ()   # per rotated pair, theta / factor (GGUF rope_freqs: Llama 3.1+)
     q_scale: float = 0.0               # query scaling; 0 means 1/sqrt(head_dim)
 
     def rope_of(self, il: int) -> tuple[float, float]:
@@ -122,8 +123,11 @@ class Rope:
     (x[i], x[i + n_rot/2]), each as ggml's compiled loop rounds it: x0*cos - x1*sin and x0*sin + x1*cos
     with the first product fused into the add (an FMA), the second rounded to f32."""
 
-    def __init__(self, n_rot: int, base: float, neox: bool, n_pos: int, freq_scale: float = 1.0):
+    def __init__(self, n_rot: int, base: float, neox: bool, n_pos: int, freq_scale: float = 1.0,
+                 factors: tuple[float, ...] = ()):
         self.n_rot, self.neox = n_rot, neox
+        # ggml's freq_factors (Llama 3.1+'s rope_freqs tensor): pair i turns by theta_i / factor_i, in f32
+        self.factors = np.asarray(factors, dtype=np.float32) if len(factors) else None
         if _LIBM is not None:
             self.scale = np.float32(_LIBM.powf(float(np.float32(base)), float(np.float32(-2.0 / n_rot))))
         else:
@@ -137,7 +141,7 @@ class Rope:
         theta = pos.astype(np.float32)
         angles = np.empty((len(pos), self.n_rot // 2), dtype=np.float32)
         for i in range(self.n_rot // 2):
-            angles[:, i] = theta
+            angles[:, i] = theta if self.factors is None else theta / self.factors[i]
             theta = theta * self.scale
         if self.freq_scale != 1:
             angles *= self.freq_scale
@@ -317,7 +321,7 @@ class Transformer:
         load's engine.pages.PageWork, which zero-fills them on its thread."""
         hp = self.hp
         for base, scale in {hp.rope_of(il) for il in range(hp.n_layer)}:
-            self.ropes[(base, scale)] = Rope(hp.n_rot, base, hp.rope_neox, n_ctx, scale)
+            self.ropes[(base, scale)] = Rope(hp.n_rot, base, hp.rope_neox, n_ctx, scale, hp.rope_factors)
         kw, vw = hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim_v
         glob = [il for il in range(hp.n_layer) if il not in hp.swa_layers]
         swa = [il for il in range(hp.n_layer) if il in hp.swa_layers]

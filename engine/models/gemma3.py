@@ -16,7 +16,7 @@ import math
 from engine import decode_native
 from engine.kv_cache import KVMemory
 from engine.models.base import Hparams, Step, Transformer, attention, past_attention
-from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
+from engine.model_checks import MAX_CTX, MAX_LAYERS, check_hparams, check_tensors, number, rope_scale, shared_hparams
 from engine.ops import Scratch, get_rows
 from engine.prefill import GELU, layer_ops
 
@@ -36,16 +36,13 @@ class Gemma3(Transformer):
         n_layer = number(g, f"{a}.block_count", hi=MAX_LAYERS)
         head_dim = number(g, f"{a}.attention.key_length", n_embd // n_head)
         window = number(g, f"{a}.attention.sliding_window", 0, lo=0, hi=MAX_CTX)
-        scaling = g.get(f"{a}.rope.scaling.type", "none")
-        scaling = scaling if isinstance(scaling, str) else "none"
-        factor = number(g, f"{a}.rope.scaling.factor", 1.0, float, lo=1e-3, hi=1e6) if scaling == "linear" else 1.0
         swa = frozenset(il for il in range(n_layer) if window and il % SWA_PATTERN < SWA_PATTERN - 1)
         emb = g.tensors.get("token_embd.weight")
         hp = Hparams(
             n_vocab=emb.shape[0] if emb is not None else 0,
             n_embd=n_embd, n_layer=n_layer, n_head=n_head, head_dim=head_dim, rope_neox=True,
             **shared_hparams(g, a, n_head=n_head, head_dim=head_dim, rope_base=1e6, n_ctx=32768),
-            swa_window=window, swa_layers=swa, rope_base_swa=ROPE_BASE_SWA, rope_scale=1.0 / factor,
+            swa_window=window, swa_layers=swa, rope_base_swa=ROPE_BASE_SWA, rope_scale=rope_scale(g, a),
             # llama.cpp: the 27B model (62 layers) scales queries by 1/sqrt(n_embd / n_head)
             q_scale=1.0 / math.sqrt(n_embd // n_head if n_layer == 62 else head_dim))
         check_hparams(g, hp)

@@ -1,4 +1,6 @@
-"""Llama (SmolLM2 and kin): RMSNorm, RoPE on adjacent pairs, grouped-query attention, SwiGLU.
+"""Llama (SmolLM2, Llama 2 / 3.x, Mistral and kin): RMSNorm, RoPE on adjacent pairs, grouped-query
+attention, SwiGLU. Llama 3.1 and later carry their RoPE frequency scaling as a tensor (rope_freqs:
+a divisor per rotated pair), linear RoPE scaling comes from the metadata.
 
 GGUF's llama conversion permutes Q and K rows so that ggml's "normal" RoPE (pairs x[2i], x[2i+1])
 gives the Hugging Face model's rotate-half result.
@@ -8,7 +10,8 @@ from __future__ import annotations
 from engine import decode_native
 from engine.kv_cache import KVMemory
 from engine.models.base import Hparams, Step, Transformer, attention, past_attention, inv_sqrt
-from engine.model_checks import MAX_LAYERS, check_hparams, check_tensors, number, shared_hparams
+from engine.model_checks import (MAX_LAYERS, check_hparams, check_tensors, number, rope_factors, rope_scale,
+                                 shared_hparams)
 from engine.ops import Scratch
 from engine.prefill import SILU, layer_ops
 
@@ -26,9 +29,10 @@ class Llama(Transformer):
         emb = g.tensors.get("token_embd.weight")
         n_vocab = number(g, f"{a}.vocab_size", emb.shape[0] if emb is not None else 0, hi=1 << 24)
         n_layer = number(g, f"{a}.block_count", hi=MAX_LAYERS)
+        shared = shared_hparams(g, a, n_head=n_head, head_dim=head_dim, rope_base=10000.0, n_ctx=4096)
         hp = Hparams(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, head_dim=head_dim,
-                     rope_neox=False, **shared_hparams(g, a, n_head=n_head, head_dim=head_dim, rope_base=10000.0,
-                                                       n_ctx=4096))
+                     rope_neox=False, rope_scale=rope_scale(g, a), rope_factors=rope_factors(g, shared["n_rot"]),
+                     **shared)
         check_hparams(g, hp)
         check_tensors(g, hp, cls.global_shapes(hp), cls.layer_shapes(hp), frozenset({"output.weight"}))
         return hp
