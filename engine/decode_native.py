@@ -26,7 +26,7 @@ from engine import kernels
 from engine.quant import QTensor
 
 i32, i64, f32, vp = ctypes.c_int32, ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-DEC_GEMMA, DEC_NEOX, DEC_F32_ATTN = 1, 2, 4
+DEC_GEMMA, DEC_NEOX, DEC_F32_ATTN, DEC_QKNORM = 1, 2, 4, 8
 KV_CODES = {"f16": 0, "bf16": 1, "q8_0": 2}
 MATS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
@@ -90,7 +90,7 @@ def _flags(net) -> int | None:
     from engine.models.gemma3 import Gemma3
     from engine.models.llama import Llama
     if type(net).block is Llama.block:
-        return DEC_NEOX if net.hp.rope_neox else 0
+        return (DEC_NEOX if net.hp.rope_neox else 0) | (DEC_QKNORM if net.qk_norm else 0)
     if type(net).block is Gemma3.block:
         return DEC_GEMMA | (DEC_NEOX if net.hp.rope_neox else 0)
     return None

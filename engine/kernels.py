@@ -18,7 +18,7 @@ from engine.quant import SUPPORTED, GGMLType, QTensor, dequantize_torch
 
 LIB_NAME = "libcellar_kernels.so"   # built by native/build.py next to native/__init__.py
 ISA_NAMES = ("scalar", "avx2", "avx512", "avx512-vnni")
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 
 _lib = None
 AVAILABLE = False

@@ -128,11 +128,15 @@ def write_gguf(path, *, arch: str | None = "llama", metadata: dict[str, Any] | N
 
 def tiny_llama(path, *, qtype: GGMLType = GGMLType.F32, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
                n_head_kv: int = 2, n_ff: int = 128, n_vocab: int = 64, n_ctx: int = 256, seed: int = 0,
-               rope_freqs: list[float] | None = None, metadata: dict[str, Any] | None = None) -> Path:
+               rope_freqs: list[float] | None = None, metadata: dict[str, Any] | None = None,
+               arch: str = "llama", head_dim: int | None = None, qk_norm: bool = False, tied: bool = False) -> Path:
     """A small llama-shaped model with random weights: matrices in `qtype`, norms in F32; rope_freqs: a
-    `rope_freqs.weight` tensor (Llama 3.1's per-pair frequency divisors); metadata: keys added or replaced."""
+    `rope_freqs.weight` tensor (Llama 3.1's per-pair frequency divisors); metadata: keys added or replaced.
+    arch "qwen3" with qk_norm=True (random per-head Q / K norm weights) and a head_dim of its own makes a
+    tiny Qwen3; tied: no output.weight (the embeddings serve as the output head)."""
     rng = np.random.default_rng(seed)
-    head_dim = n_embd // n_head
+    explicit_head = head_dim is not None
+    head_dim = head_dim or n_embd // n_head
 
     def mat(rows: int, cols: int):
         if qtype == GGMLType.F32:
@@ -148,31 +152,37 @@ def tiny_llama(path, *, qtype: GGMLType = GGMLType.F32, n_layer: int = 2, n_embd
         tensors[p + "attn_q.weight"] = mat(n_head * head_dim, n_embd)
         tensors[p + "attn_k.weight"] = mat(n_head_kv * head_dim, n_embd)
         tensors[p + "attn_v.weight"] = mat(n_head_kv * head_dim, n_embd)
+        if qk_norm:
+            tensors[p + "attn_q_norm.weight"] = (1 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)
+            tensors[p + "attn_k_norm.weight"] = (1 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)
         tensors[p + "attn_output.weight"] = mat(n_embd, n_head * head_dim)
         tensors[p + "ffn_norm.weight"] = np.ones(n_embd, np.float32)
         tensors[p + "ffn_gate.weight"] = mat(n_ff, n_embd)
         tensors[p + "ffn_up.weight"] = mat(n_ff, n_embd)
         tensors[p + "ffn_down.weight"] = mat(n_embd, n_ff)
     tensors["output_norm.weight"] = np.ones(n_embd, np.float32)
-    tensors["output.weight"] = mat(n_vocab, n_embd)
+    if not tied:
+        tensors["output.weight"] = mat(n_vocab, n_embd)
     if rope_freqs is not None:
         tensors["rope_freqs.weight"] = np.asarray(rope_freqs, np.float32)
 
     specials = ["<unk>", "<s>", "</s>"]
     tokens = specials + [chr(0x21 + i) for i in range(n_vocab - len(specials))]
+    a = arch
     meta = {
-        "general.name": "tiny-llama",
-        "llama.context_length": n_ctx, "llama.embedding_length": n_embd, "llama.block_count": n_layer,
-        "llama.feed_forward_length": n_ff, "llama.attention.head_count": n_head,
-        "llama.attention.head_count_kv": n_head_kv, "llama.rope.freq_base": 10000.0,
-        "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.rope.dimension_count": head_dim,
+        "general.name": f"tiny-{arch}",
+        f"{a}.context_length": n_ctx, f"{a}.embedding_length": n_embd, f"{a}.block_count": n_layer,
+        f"{a}.feed_forward_length": n_ff, f"{a}.attention.head_count": n_head,
+        f"{a}.attention.head_count_kv": n_head_kv, f"{a}.rope.freq_base": 10000.0,
+        f"{a}.attention.layer_norm_rms_epsilon": 1e-5, f"{a}.rope.dimension_count": head_dim,
+        **({f"{a}.attention.key_length": head_dim, f"{a}.attention.value_length": head_dim} if explicit_head else {}),
         "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.scores": np.zeros(n_vocab, np.float32),
         "tokenizer.ggml.token_type": np.array([2, 3, 3] + [1] * (n_vocab - 3), np.int32),
         "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
         **(metadata or {}),
     }
-    return write_gguf(path, arch="llama", metadata=meta, tensors=tensors)
+    return write_gguf(path, arch=arch, metadata=meta, tensors=tensors)
 
 
 # ---- byte edits ---------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ from engine.errors import UnsupportedModel
 from engine.models.base import Transformer
 from engine.models.gemma3 import Gemma3
 from engine.models.llama import Llama
+from engine.models.qwen3 import Qwen3
 
-ARCHITECTURES: dict[str, type[Transformer]] = {"llama": Llama, "gemma3": Gemma3}
+ARCHITECTURES: dict[str, type[Transformer]] = {"llama": Llama, "gemma3": Gemma3, "qwen3": Qwen3}
 
 
 def model_class(arch: str) -> type[Transformer]:

@@ -19,6 +19,9 @@ from engine.prefill import SILU, layer_ops
 class Llama(Transformer):
     arch = "llama"
     norm_names = ("attn_norm", "ffn_norm")
+    qk_norm = False                 # an RMSNorm on each head of Q and K before RoPE (engine/models/qwen3.py)
+    neox = False                    # RoPE pairs (x[i], x[i + n_rot/2]) rather than adjacent ones
+    rope_base, n_ctx = 10000.0, 4096    # where the metadata does not say
 
     @classmethod
     def hparams(cls, g) -> Hparams:
@@ -29,9 +32,9 @@ class Llama(Transformer):
         emb = g.tensors.get("token_embd.weight")
         n_vocab = number(g, f"{a}.vocab_size", emb.shape[0] if emb is not None else 0, hi=1 << 24)
         n_layer = number(g, f"{a}.block_count", hi=MAX_LAYERS)
-        shared = shared_hparams(g, a, n_head=n_head, head_dim=head_dim, rope_base=10000.0, n_ctx=4096)
+        shared = shared_hparams(g, a, n_head=n_head, head_dim=head_dim, rope_base=cls.rope_base, n_ctx=cls.n_ctx)
         hp = Hparams(n_vocab=n_vocab, n_embd=n_embd, n_layer=n_layer, n_head=n_head, head_dim=head_dim,
-                     rope_neox=False, rope_scale=rope_scale(g, a), rope_factors=rope_factors(g, shared["n_rot"]),
+                     rope_neox=cls.neox, rope_scale=rope_scale(g, a), rope_factors=rope_factors(g, shared["n_rot"]),
                      **shared)
         check_hparams(g, hp)
         check_tensors(g, hp, cls.global_shapes(hp), cls.layer_shapes(hp), frozenset({"output.weight"}))
@@ -42,10 +45,11 @@ class Llama(Transformer):
         return {"token_embd.weight": (hp.n_vocab, hp.n_embd), "output_norm.weight": (hp.n_embd,),
                 "output.weight": (hp.n_vocab, hp.n_embd)}
 
-    @staticmethod
-    def layer_shapes(hp: Hparams) -> dict[str, tuple[int, ...]]:
+    @classmethod
+    def layer_shapes(cls, hp: Hparams) -> dict[str, tuple[int, ...]]:
         e, q, k, v = hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim_v
-        return {"attn_norm": (e,), "attn_q": (q, e), "attn_k": (k, e), "attn_v": (v, e),
+        norms = {"attn_q_norm": (hp.head_dim,), "attn_k_norm": (hp.head_dim,)} if cls.qk_norm else {}
+        return {"attn_norm": (e,), "attn_q": (q, e), "attn_k": (k, e), "attn_v": (v, e), **norms,
                 "attn_output": (e, hp.n_head * hp.head_dim_v), "ffn_norm": (e,), "ffn_gate": (hp.n_ff, e),
                 "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
 
@@ -56,8 +60,9 @@ class Llama(Transformer):
         rope, L = self.rope_of(il), layer_ops(x, w, scratch)
         h = L.norm(x, w["attn_norm"], hp.eps)
         q, k, v = L.linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], ("q", "k", "v"))
-        q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q")
-        k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k")
+        qn, kn = (w["attn_q_norm"], w["attn_k_norm"]) if self.qk_norm else (None, None)
+        q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q", qn, hp.eps)
+        k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k", kn, hp.eps)
         v = L.as_f32(v, "v").view(n, hp.n_head_kv, hp.head_dim_v)
         a = attention(q, k, v, kv.cache_of(il), il, step, inv_sqrt(hp.head_dim),
                       L.attention_out(n) if rows is None else None, rows)

@@ -11,6 +11,7 @@
 #define DEC_NEOX 2    /* RoPE pairs (x[i], x[i + n_rot/2]) instead of (x[2i], x[2i+1]) */
 #define DEC_F32_ATTN 4  /* the torch path's arithmetic (tests): no f16/bf16 rounding of the query and the
                            probabilities, GELU by its formula rather than ggml's f16 table */
+#define DEC_QKNORM 8  /* QK-norm alone (Qwen3): an RMSNorm on each head of Q and K before RoPE */
 
 enum { KV_F16 = 0, KV_BF16 = 1, KV_Q8_0 = 2 };
 

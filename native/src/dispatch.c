@@ -5,7 +5,7 @@
 #include "common.h"
 #include "pool.h"
 
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 
 float cellar_f16_table[65536];
 

@@ -1,7 +1,8 @@
-"""Regenerate tests/data/rope_refs.json: llama.cpp's logits for tiny llama models whose RoPE is scaled,
-by a rope_freqs tensor (Llama 3.1 and later) and by linear scaling in the metadata.
+"""Regenerate tests/data/tiny_refs.json: llama.cpp's logits for tiny models with random weights: llama
+ones whose RoPE is scaled, by a rope_freqs tensor (Llama 3.1 and later) and by linear scaling in the
+metadata, and a Qwen3 (per-head Q / K norms, neox RoPE, its own head size, tied output head).
 
-    .venv/bin/python tools/make_rope_refs.py [--peer /tmp/llamacpp-peer/bin/python]
+    .venv/bin/python tools/make_tiny_refs.py [--peer /tmp/llamacpp-peer/bin/python]
 
 The models are made by tests/ggufgen.py (random weights, fixed seed) both here and in the test, and
 handed to llama.cpp (llama-cpp-python, in its own interpreter: --peer-worker) with token ids, so the
@@ -17,13 +18,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "tests" / "data" / "rope_refs.json"
+OUT = ROOT / "tests" / "data" / "tiny_refs.json"
 IDS = [1] + [3 + (7 * i) % 61 for i in range(47)]          # 48 tokens of the 64-token vocabulary
 LAST = 4                                                   # the logits of the last rows kept
 CASES = {
     "plain": {},                                           # the two engines' agreement without scaling
     "rope_freqs": {"rope_freqs": [1.0, 1.0, 1.5, 2.0, 4.0, 8.0, 8.0, 32.0]},
     "linear": {"metadata": {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}},
+    "qwen3": {"arch": "qwen3", "qk_norm": True, "head_dim": 32, "tied": True},
 }
 
 
