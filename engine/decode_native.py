@@ -30,6 +30,7 @@ DEC_GEMMA, DEC_NEOX, DEC_F32_ATTN, DEC_QKNORM = 1, 2, 4, 8
 KV_CODES = {"f16": 0, "bf16": 1, "q8_0": 2}
 MATS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS = ("attn_norm", "ffn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm")
+BIASES = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
 
 
 class DMat(ctypes.Structure):
@@ -43,7 +44,8 @@ class DLayer(ctypes.Structure):             # native/src/decode.h: dlayer
                 + [(n, DMat) for n in ("wq", "wk", "wv", "wo", "wgate", "wup", "wdown")]
                 + [(n, vp) for n in ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffw_norm")]
                 + [("k_cache", vp), ("v_cache", vp), ("k_row_bytes", i64), ("v_row_bytes", i64), ("n_cells", i64),
-                   ("work", vp), ("work_bytes", i64)])
+                   ("work", vp), ("work_bytes", i64)]
+                + [(n, vp) for n in ("bq", "bk", "bv")])
 
 
 class DStep(ctypes.Structure):              # native/src/decode.h: dstep
@@ -123,14 +125,17 @@ class NativeDecode:
                     qtype, addr, row_bytes, rows, _cols = kernels._native_args(w[name])
                     setattr(L, field, DMat(addr, row_bytes, rows, qtype, 0))
                 for field, name in zip(("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm",
-                                        "post_ffw_norm"), NORMS):
+                                        "post_ffw_norm", "bq", "bk", "bv"), NORMS + BIASES):
                     t = w.get(name)
                     if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.is_contiguous() \
                             and t.device.type == "cpu":
                         setattr(L, field, t.data_ptr())
                         self._keep.append(t)
+                # a bias the native layer could not take would be left out: that layer stays in Python
+                biased = not any(name in w and not getattr(L, field) for field, name in zip(("bq", "bk", "bv"), BIASES))
                 K, V = cache.k[il], cache.v[il]
-                ok = K.device.type == "cpu" and V.device.type == "cpu" and K.is_contiguous() and V.is_contiguous()
+                ok = biased and K.device.type == "cpu" and V.device.type == "cpu" and K.is_contiguous() \
+                    and V.is_contiguous()
                 if ok:
                     L.k_cache, L.v_cache = K.data_ptr(), V.data_ptr()
                     L.k_row_bytes, L.v_row_bytes = K.stride(0) * K.element_size(), V.stride(0) * V.element_size()

@@ -72,7 +72,9 @@ def check_tensors(g, hp, globals_: dict[str, tuple[int, ...]], per_layer: dict[s
     the vocabulary has exactly one embedding row per token."""
     want = dict(globals_)
     for il in range(hp.n_layer):
-        want.update({f"blk.{il}.{short}.weight": shape for short, shape in per_layer.items()})
+        # "attn_q" names attn_q.weight, "attn_q.bias" itself
+        want.update({f"blk.{il}.{short}" + ("" if short.endswith(".bias") else ".weight"): shape
+                     for short, shape in per_layer.items()})
     for name, shape in want.items():
         t = g.tensors.get(name)
         if t is None:

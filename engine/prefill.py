@@ -106,6 +106,10 @@ class TorchOps:
     def as_f32(self, t, slot: str):
         return t
 
+    def bias(self, t, b, slot: str):
+        """The product t plus its bias b, in f32 (as llama.cpp adds it)."""
+        return t.float() + b
+
     def attention_out(self, n: int):
         return None
 
@@ -162,6 +166,14 @@ class NativeOps(TorchOps):
 
     def as_f32(self, t, slot: str):
         return t if t.dtype == torch.float32 else self.b.get(slot + "f", self.n).copy_(t)
+
+    def bias(self, t, b, slot: str):
+        """In place in an f32 product's buffer; a bf16 product goes to the f32 buffer rope() or the cache
+        reads (q, k: "qr" / "kr"; v: "vf") and the bias is added there."""
+        if t.dtype == torch.float32:
+            return t.add_(b)
+        side = self.b.get(slot + ("f" if slot == "v" else "r"), self.n)
+        return side.copy_(t).add_(b)
 
     def attention_out(self, n: int):
         return self.b.get("a", n)

@@ -129,11 +129,13 @@ def write_gguf(path, *, arch: str | None = "llama", metadata: dict[str, Any] | N
 def tiny_llama(path, *, qtype: GGMLType = GGMLType.F32, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
                n_head_kv: int = 2, n_ff: int = 128, n_vocab: int = 64, n_ctx: int = 256, seed: int = 0,
                rope_freqs: list[float] | None = None, metadata: dict[str, Any] | None = None,
-               arch: str = "llama", head_dim: int | None = None, qk_norm: bool = False, tied: bool = False) -> Path:
+               arch: str = "llama", head_dim: int | None = None, qk_norm: bool = False, tied: bool = False,
+               qkv_bias: bool = False) -> Path:
     """A small llama-shaped model with random weights: matrices in `qtype`, norms in F32; rope_freqs: a
     `rope_freqs.weight` tensor (Llama 3.1's per-pair frequency divisors); metadata: keys added or replaced.
     arch "qwen3" with qk_norm=True (random per-head Q / K norm weights) and a head_dim of its own makes a
-    tiny Qwen3; tied: no output.weight (the embeddings serve as the output head)."""
+    tiny Qwen3; tied: no output.weight (the embeddings serve as the output head); qkv_bias: random Q / K / V
+    biases (arch "qwen2")."""
     rng = np.random.default_rng(seed)
     explicit_head = head_dim is not None
     head_dim = head_dim or n_embd // n_head
@@ -152,6 +154,9 @@ def tiny_llama(path, *, qtype: GGMLType = GGMLType.F32, n_layer: int = 2, n_embd
         tensors[p + "attn_q.weight"] = mat(n_head * head_dim, n_embd)
         tensors[p + "attn_k.weight"] = mat(n_head_kv * head_dim, n_embd)
         tensors[p + "attn_v.weight"] = mat(n_head_kv * head_dim, n_embd)
+        if qkv_bias:
+            for name, width in (("attn_q", n_head), ("attn_k", n_head_kv), ("attn_v", n_head_kv)):
+                tensors[p + name + ".bias"] = (0.5 * rng.standard_normal(width * head_dim)).astype(np.float32)
         if qk_norm:
             tensors[p + "attn_q_norm.weight"] = (1 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)
             tensors[p + "attn_k_norm.weight"] = (1 + 0.3 * rng.standard_normal(head_dim)).astype(np.float32)

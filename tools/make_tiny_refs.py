@@ -1,6 +1,7 @@
 """Regenerate tests/data/tiny_refs.json: llama.cpp's logits for tiny models with random weights: llama
 ones whose RoPE is scaled, by a rope_freqs tensor (Llama 3.1 and later) and by linear scaling in the
-metadata, and a Qwen3 (per-head Q / K norms, neox RoPE, its own head size, tied output head).
+metadata, a Qwen3 (per-head Q / K norms, neox RoPE, its own head size, tied output head) and a Qwen2
+(Q / K / V biases, neox RoPE).
 
     .venv/bin/python tools/make_tiny_refs.py [--peer /tmp/llamacpp-peer/bin/python]
 
@@ -26,6 +27,7 @@ CASES = {
     "rope_freqs": {"rope_freqs": [1.0, 1.0, 1.5, 2.0, 4.0, 8.0, 8.0, 32.0]},
     "linear": {"metadata": {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}},
     "qwen3": {"arch": "qwen3", "qk_norm": True, "head_dim": 32, "tied": True},
+    "qwen2": {"arch": "qwen2", "qkv_bias": True, "tied": True},
 }
 
 

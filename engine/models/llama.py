@@ -20,6 +20,7 @@ class Llama(Transformer):
     arch = "llama"
     norm_names = ("attn_norm", "ffn_norm")
     qk_norm = False                 # an RMSNorm on each head of Q and K before RoPE (engine/models/qwen3.py)
+    qkv_bias = False                # biases added to the Q, K and V products (engine/models/qwen2.py)
     neox = False                    # RoPE pairs (x[i], x[i + n_rot/2]) rather than adjacent ones
     rope_base, n_ctx = 10000.0, 4096    # where the metadata does not say
 
@@ -49,6 +50,8 @@ class Llama(Transformer):
     def layer_shapes(cls, hp: Hparams) -> dict[str, tuple[int, ...]]:
         e, q, k, v = hp.n_embd, hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_head_kv * hp.head_dim_v
         norms = {"attn_q_norm": (hp.head_dim,), "attn_k_norm": (hp.head_dim,)} if cls.qk_norm else {}
+        if cls.qkv_bias:
+            norms.update({"attn_q.bias": (q,), "attn_k.bias": (k,), "attn_v.bias": (v,)})
         return {"attn_norm": (e,), "attn_q": (q, e), "attn_k": (k, e), "attn_v": (v, e), **norms,
                 "attn_output": (e, hp.n_head * hp.head_dim_v), "ffn_norm": (e,), "ffn_gate": (hp.n_ff, e),
                 "ffn_up": (hp.n_ff, e), "ffn_down": (e, hp.n_ff)}
@@ -60,6 +63,8 @@ class Llama(Transformer):
         rope, L = self.rope_of(il), layer_ops(x, w, scratch)
         h = L.norm(x, w["attn_norm"], hp.eps)
         q, k, v = L.linear_many(h, [w["attn_q"], w["attn_k"], w["attn_v"]], ("q", "k", "v"))
+        if self.qkv_bias:
+            q, k, v = (L.bias(t, w[f"attn_{s}.bias"], s) for t, s in ((q, "q"), (k, "k"), (v, "v")))
         qn, kn = (w["attn_q_norm"], w["attn_k_norm"]) if self.qk_norm else (None, None)
         q = L.rope(q, hp.n_head, hp.head_dim, rope, step.pos, "q", qn, hp.eps)
         k = L.rope(k, hp.n_head_kv, hp.head_dim, rope, step.pos, "k", kn, hp.eps)

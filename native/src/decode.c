@@ -614,8 +614,10 @@ int FN(decode_layer)(const kernel_table *k, const dlayer *L, const dstep *S, flo
         float *out[3] = {q, kk, vv};
         gemv_phase(k, a8, a8k, h, E, 3, m, out);
     }
+    if (L->bq) add_into((int)nq, q, L->bq);          /* as llama.cpp: the f32 product, then + bias */
+    if (L->bk) add_into((int)nk, kk, L->bk);
+    if (L->bv) add_into((int)((int64_t)L->n_head_kv * L->head_dim_v), vv, L->bv);
     if (gemma || (L->flags & DEC_QKNORM)) {
-        if (!L->q_norm || !L->k_norm) return -1;
         for (int i = 0; i < L->n_head; i++) rms_norm(d, q + (int64_t)i * d, L->q_norm, L->eps, q + (int64_t)i * d);
         for (int i = 0; i < L->n_head_kv; i++) rms_norm(d, kk + (int64_t)i * d, L->k_norm, L->eps, kk + (int64_t)i * d);
     }

@@ -33,6 +33,7 @@ typedef struct {
     int64_t k_row_bytes, v_row_bytes, n_cells;
     uint8_t *work;               /* cellar_decode_work_bytes(layer) bytes, 64-aligned */
     int64_t work_bytes;
+    const float *bq, *bk, *bv;   /* NULL, or the Q / K / V biases (Qwen2), added to the products */
 } dlayer;
 
 typedef struct {

@@ -60,6 +60,7 @@ int cellar_decode_check(const dlayer *L) {
         return -1;
     if (!L->attn_norm || !L->ffn_norm || !L->k_cache || !L->v_cache) return -1;
     if ((L->flags & DEC_GEMMA) && (!L->q_norm || !L->k_norm || !L->post_attn_norm || !L->post_ffw_norm)) return -1;
+    if ((L->flags & DEC_QKNORM) && (!L->q_norm || !L->k_norm)) return -1;
     const int64_t kb = L->kv_type == KV_Q8_0 ? nk / QK * 34 : nk * 2, vb = L->kv_type == KV_Q8_0 ? nv / QK * 34 : nv * 2;
     if (L->k_row_bytes < kb || L->v_row_bytes < vb) return -1;
     if (!L->work || L->work_bytes < dec_layout(L).total) return -1;
