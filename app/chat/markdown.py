@@ -38,3 +38,30 @@ def with_copy_links(text: str) -> str:
             out.append("")
             n += 1
     return "\n".join(out)
+
+
+THINK = re.compile(r"\A\s*<think>(.*?)(</think>|\Z)", re.S)
+
+
+def split_reasoning(text: str) -> tuple[str | None, bool, str]:
+    """A reply that opens with a <think> block (Qwen3, DeepSeek-R1 distillations): (its reasoning, whether
+    the block is closed, the answer after it); (None, True, text) for any other reply."""
+    m = THINK.match(text)
+    if m is None:
+        return None, True, text
+    return m.group(1).strip(), bool(m.group(2)), text[m.end():].lstrip()
+
+
+def reply_markdown(text: str) -> str:
+    """What a reply shows: its reasoning, if any, quoted under "Thinking…" (while the block is open) or
+    "Thought", then the answer with its [copy] links (numbered over the answer's code blocks: answer_code)."""
+    thought, closed, answer = split_reasoning(text)
+    if not thought:                  # no block, or an empty one (thinking turned off): the answer alone
+        return with_copy_links(answer) if (answer or thought is None) else ("*Thinking…*" if not closed else "")
+    quoted = "\n".join("> " + line if line.strip() else ">" for line in thought.splitlines())
+    return f"*{'Thought' if closed else 'Thinking…'}*\n\n{quoted}\n\n{with_copy_links(answer)}"
+
+
+def answer_code(text: str) -> list[str]:
+    """The code blocks of a reply's answer (its reasoning left out), as reply_markdown numbers them."""
+    return code_blocks(split_reasoning(text)[2])

@@ -6,7 +6,7 @@ from PySide6.QtGui import QGuiApplication, QPalette, QTextBlockFormat, QTextCurs
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSizePolicy,
                                QTextBrowser, QToolButton, QVBoxLayout, QWidget)
 
-from app.chat.markdown import code_blocks, with_copy_links
+from app.chat.markdown import answer_code, reply_markdown
 
 
 class MarkdownView(QTextBrowser):
@@ -132,11 +132,11 @@ class MessageWidget(QFrame):
 
     def _render(self) -> None:
         self._render_timer.stop()
-        self.body.set_markdown(with_copy_links(self._text) if self._text else "…")
+        self.body.set_markdown((reply_markdown(self._text) or "…") if self._text else "…")
 
     def _link(self, url) -> None:
         if url.scheme() == "copy":
-            blocks = code_blocks(self._text)
+            blocks = answer_code(self._text)
             i = int(url.path() or 0)
             if i < len(blocks):
                 QGuiApplication.clipboard().setText(blocks[i])

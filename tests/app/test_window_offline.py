@@ -133,3 +133,27 @@ def test_a_reply_says_when_earlier_messages_were_left_out(qtbot):
     assert "larger context" in w.stats_label.toolTip()
     w.set_stats({"tok_s": 200.0, "n_tokens": 12, "stop_reason": "eos"})
     assert "left out" not in w.stats_label.text()
+
+
+def test_a_reply_with_reasoning_shows_it_apart(qtbot):
+    """Qwen3 / DeepSeek-R1 replies open with a <think> block: quoted under "Thinking…" while it is open,
+    "Thought" once closed, the answer after it; an empty block (thinking off) shows the answer alone; the
+    [copy] links count the answer's code blocks only."""
+    from PySide6.QtCore import QUrl
+    from PySide6.QtGui import QGuiApplication
+
+    from app.chat.message_widget import MessageWidget
+    w = MessageWidget("m1", "assistant", "")
+    qtbot.addWidget(w)
+    w.set_text("<think>\nThe user wants a name", now=True)
+    shown = w.body.toPlainText()
+    assert "Thinking…" in shown and "The user wants a name" in shown and "<think>" not in shown
+    w.set_text("<think>\nThe user wants a name.\n```\nnot this\n```\n</think>\n\nWhiskers.\n```\nprint('hi')\n```",
+               now=True)
+    shown = w.body.toPlainText()
+    assert "Thought" in shown and "Thinking…" not in shown and "Whiskers." in shown and "</think>" not in shown
+    w._link(QUrl("copy:0"))
+    assert QGuiApplication.clipboard().text() == "print('hi')"
+    w.set_text("<think>\n\n</think>\n\nHello there.", now=True)
+    assert w.body.toPlainText().strip() == "Hello there."
+    assert w.text == "<think>\n\n</think>\n\nHello there."            # the reply itself is kept as it came
