@@ -76,6 +76,8 @@ def _add_sampling(p: argparse.ArgumentParser):
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--repeat-penalty", type=float, default=1.0)
     p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="lower tokens seen in the last repeat-last-n")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="lower them by how often they were seen")
 
 
 def build_parser() -> argparse.ArgumentParser:

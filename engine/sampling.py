@@ -1,4 +1,5 @@
-"""Token sampling: repetition penalty, top-k, top-p, min-p, temperature, seeded draw.
+"""Token sampling: repetition, frequency and presence penalties, top-k, top-p, min-p, temperature, seeded
+draw.
 
 The chain and its order follow llama.cpp's default sampler (penalties -> top_k -> top_p -> min_p ->
 temperature -> dist): top-p and min-p look at the distribution before temperature. Temperature <= 0
@@ -23,6 +24,8 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int | None = None
+    frequency_penalty: float = 0.0     # minus this times a token's count in the last repeat_last_n
+    presence_penalty: float = 0.0      # minus this once for a token there at all (OpenAI's; llama.cpp's)
 
     def validate(self) -> "SamplingParams":
         if not (self.temperature >= 0):
@@ -37,6 +40,10 @@ class SamplingParams:
             raise BadRequest(f"repeat penalty must be above 0 (got {self.repeat_penalty})")
         if self.repeat_last_n < 0:
             raise BadRequest(f"repeat-last-n must be 0 or more (got {self.repeat_last_n})")
+        for name in ("frequency_penalty", "presence_penalty"):
+            v = getattr(self, name)
+            if not (-2.0 <= v <= 2.0):
+                raise BadRequest(f"{name.replace('_', ' ')} must be between -2 and 2 (got {v})")
         return self
 
     @property
@@ -55,15 +62,33 @@ class Sampler:
         p = self.params
         x = np.asarray(logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else logits,
                        dtype=np.float32)
-        if p.repeat_penalty != 1.0 and p.repeat_last_n > 0 and len(history):
-            recent = np.unique(np.asarray(history[-p.repeat_last_n:], dtype=np.int64))
-            recent = recent[(recent >= 0) & (recent < x.shape[0])]
+        x = self.penalize(x, history)
+        if p.greedy:
+            return int(np.argmax(x))
+        return self._draw(x)
+
+    def penalize(self, x: np.ndarray, history) -> np.ndarray:
+        """The logits (f32) after the penalties: x itself when none applies, else a changed copy."""
+        p = self.params
+        penalized = p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+        if penalized and p.repeat_last_n > 0 and len(history):
+            # llama.cpp's penalties sampler: over the last repeat_last_n tokens, each one seen is divided
+            # (positive) or multiplied (negative) by the repeat penalty, then lowered by count x frequency
+            # penalty + presence penalty
+            recent, counts = np.unique(np.asarray(history[-p.repeat_last_n:], dtype=np.int64), return_counts=True)
+            keep = (recent >= 0) & (recent < x.shape[0])
+            recent, counts = recent[keep], counts[keep]
             if recent.size:
                 x = x.copy()
                 v = x[recent]
-                x[recent] = np.where(v > 0, v / p.repeat_penalty, v * p.repeat_penalty)
-        if p.greedy:
-            return int(np.argmax(x))
+                if p.repeat_penalty != 1.0:
+                    v = np.where(v > 0, v / np.float32(p.repeat_penalty), v * np.float32(p.repeat_penalty))
+                v = v - (counts.astype(np.float32) * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty))
+                x[recent] = v.astype(np.float32)
+        return x
+
+    def _draw(self, x: np.ndarray) -> int:
+        p = self.params
         n = x.shape[0]
         k = p.top_k if 0 < p.top_k < n else n
         if k < n:

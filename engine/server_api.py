@@ -7,7 +7,8 @@
 
 Sampling defaults are llama-server's (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05); a request
 sets temperature, top_p, seed, max_tokens (or max_completion_tokens), stop, and the llama.cpp
-extensions top_k, min_p, repeat_penalty, cache_prompt and ignore_eos. Only n=1.
+extensions top_k, min_p, repeat_penalty, cache_prompt and ignore_eos; presence_penalty and
+frequency_penalty as llama.cpp applies them (over the last 64 tokens). Only n=1.
 """
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def parse_generation(body: dict) -> Generation:
     top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True)
     min_p = _number(body, "min_p", 0.0, 1.0)
     rp = _number(body, "repeat_penalty", 0.0, 10.0, lo_open=True)
+    fp = _number(body, "frequency_penalty", -2.0, 2.0)
+    pp = _number(body, "presence_penalty", -2.0, 2.0)
     top_k = _int(body, "top_k", 0)
     seed = _int(body, "seed", -(2 ** 63), 2 ** 64 - 1)
     if t is not None:
@@ -112,6 +115,10 @@ def parse_generation(body: dict) -> Generation:
         p.min_p = min_p
     if rp is not None:
         p.repeat_penalty = rp
+    if fp is not None:
+        p.frequency_penalty = fp
+    if pp is not None:
+        p.presence_penalty = pp
     if top_k is not None:
         p.top_k = top_k
     if seed is not None:
