@@ -102,9 +102,11 @@ def chat_loop(model, args, params) -> int:
                 print(f"[the conversation outgrew the context ({model.n_ctx} tokens): its {left_out} oldest "
                       f"message{'s' if left_out != 1 else ''} left out]", file=sys.stderr)
         cancel["flag"] = False
+        pieces: list[str] = []
 
         def on_token(tid, piece):
             if piece:
+                pieces.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
 
@@ -120,6 +122,8 @@ def chat_loop(model, args, params) -> int:
             cancel["flag"] = True
             print("\n[stopped]", file=sys.stderr)
             history = model.cached_tokens()
+            if not args.raw:         # the reply so far is the turn's answer: the roles keep alternating
+                messages.append({"role": "assistant", "content": "".join(pieces)})
             continue
         sys.stdout.write("\n")
         history = list(prompt) + list(res.tokens)

@@ -104,3 +104,34 @@ def test_terminal_chat_raw_text_past_the_context(smollm2_path):
     assert err.count(" generated, ") == 9, err                         # all but the over-long one answered
     assert "the text outgrew the context (128 tokens)" in err and "oldest tokens left out" in err
     assert "context holds 128" in err and "Traceback" not in err
+
+
+def test_terminal_chat_goes_on_after_a_reply_is_stopped(gemma3_path, monkeypatch, capsys):
+    """Ctrl+C stops a reply: what came so far is that turn's answer, in the next turn's prompt between the
+    two user messages (the roles keep alternating, as templates that check them want), and the chat goes on."""
+    import argparse
+    import io
+
+    from engine.chat_repl import chat_loop
+    from engine.sampling import SamplingParams
+    m = _load(gemma3_path, 512)
+    real, calls = m.generate, []
+
+    def generate(prompt, n, sampler, on_token=None, **kw):
+        calls.append(list(prompt))
+        if len(calls) == 1:                     # the first reply: two pieces, then Ctrl+C
+            on_token(1, "Hel")
+            on_token(2, "lo")
+            raise KeyboardInterrupt
+        return real(prompt, n, sampler, on_token=on_token, **kw)
+
+    monkeypatch.setattr(m, "generate", generate)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Say hello.\nNow say goodbye.\n"))
+    args = argparse.Namespace(system=None, load_session=None, raw=False, n_predict=4, save_session=None)
+    assert chat_loop(m, args, SamplingParams(temperature=0)) == 0
+    err = capsys.readouterr().err
+    assert "[stopped]" in err and err.count(" generated, ") == 1 and "alternate" not in err, err
+    assert len(calls) == 2
+    second = m.tokenizer.decode(calls[1])
+    assert second.index("Say hello.") < second.index("Hello") < second.index("Now say goodbye."), second
+    m.close()
