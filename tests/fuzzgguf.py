@@ -614,8 +614,8 @@ class AddressSpaceCap:
 
 
 def seed_docs(folder: Path, real: list[Path] = ()) -> dict[str, Doc]:
-    """The seeds: tiny llama (F32, Q8_0, Q4_K), tiny gemma3, tiny BPE llama, and each real model's
-    metadata and tensor table over zeroed (sparse) tensor data."""
+    """The seeds: tiny llama (F32, Q8_0, Q4_K, with rope_freqs), tiny gemma3, qwen2 and qwen3, tiny BPE llama,
+    and each real model's metadata and tensor table over zeroed (sparse) tensor data."""
     from engine.quant import GGMLType
     from tests.ggufgen import tiny_llama
     folder.mkdir(parents=True, exist_ok=True)
@@ -625,6 +625,9 @@ def seed_docs(folder: Path, real: list[Path] = ()) -> dict[str, Doc]:
         "llama_q4k": Doc.read(tiny_llama(folder / "llama_q4k.gguf", qtype=GGMLType.Q4_K, n_embd=256, n_ff=256)),
         "gemma3": Doc.read(tiny_gemma3(folder / "gemma3.gguf")),
         "llama_bpe": Doc.read(tiny_bpe_llama(folder / "llama_bpe.gguf")),
+        "llama_rope_freqs": Doc.read(tiny_llama(folder / "llama_rope.gguf", rope_freqs=[1.0, 2.0, 4.0, 8.0] * 2)),
+        "qwen2": Doc.read(tiny_llama(folder / "qwen2.gguf", arch="qwen2", qkv_bias=True, tied=True)),
+        "qwen3": Doc.read(tiny_llama(folder / "qwen3.gguf", arch="qwen3", qk_norm=True, head_dim=32, tied=True)),
     }
     for p in real:
         seeds["real_" + Path(p).stem.split("-")[0].lower()] = Doc.read(p, max_data=0)
