@@ -166,7 +166,10 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _stream(job: Job, q: asyncio.Queue, first, piece, last, usage_chunk, include_usage: bool) -> StreamingResponse:
+def _stream(job: Job, q: asyncio.Queue, first, piece, last, usage_chunk, include_usage: bool,
+            tail=lambda: []) -> StreamingResponse:
+    """Server-sent events: first, piece(text) (a list of chunks) per piece of text, tail() (the chunks held
+    back to the end), last(finish_reason), the usage chunk if asked for, [DONE]."""
     async def events():
         try:
             if first is not None:
@@ -174,8 +177,11 @@ def _stream(job: Job, q: asyncio.Queue, first, piece, last, usage_chunk, include
             while True:
                 ev = await q.get()
                 if isinstance(ev, Piece):
-                    yield _sse(piece(ev.text))
+                    for chunk in piece(ev.text):
+                        yield _sse(chunk)
                 elif isinstance(ev, Finished):
+                    for chunk in tail():
+                        yield _sse(chunk)
                     yield _sse(last(ev.finish_reason if ev.finish_reason != "cancelled" else "stop"))
                     if include_usage:
                         yield _sse(usage_chunk(api.usage(ev.prompt_tokens, ev.completion_tokens)))
@@ -200,17 +206,33 @@ async def chat_completions(request: Request) -> Response:
     prompt = await run_in_threadpool(chat_tokens, state.model, messages)
     job, q = _submit(state, prompt, gen)
     rid, name, created = api.new_id("chatcmpl"), state.model_name, int(time.time())
+    split = api.reasoning_format(body) != "none"
+    # a template that ends its generation prompt with <think> (DeepSeek-R1's distillations) opened the block
+    opened = split and _prompt_tail(state.model, prompt).rstrip().endswith(api.OPEN)
     if gen.stream:
+        s = api.ReasoningSplit(opened) if split else None
+
+        def deltas(parts):
+            return [api.chat_chunk(rid, name, created, {field: text}) for field, text in parts]
         return _stream(job, q, api.chat_chunk(rid, name, created, {"role": "assistant", "content": ""}),
-                       lambda text: api.chat_chunk(rid, name, created, {"content": text}),
+                       lambda text: deltas(s.feed(text) if s else [("content", text)]),
                        lambda fin: api.chat_chunk(rid, name, created, {}, fin),
-                       lambda u: api.chat_chunk(rid, name, created, {}, usage_=u), gen.include_usage)
+                       lambda u: api.chat_chunk(rid, name, created, {}, usage_=u), gen.include_usage,
+                       tail=lambda: deltas(s.finish()) if s else [])
     ev = await _result(request, job, q)
     if ev is None:
         return Response(status_code=499)
     if isinstance(ev, Failed):
         return _error(_status_of(ev.error), ev.error.message)
-    return JSONResponse(api.chat_response(rid, name, ev.text, _finish(ev), ev.prompt_tokens, ev.completion_tokens))
+    reasoning, text = api.split_reasoning(ev.text, opened) if split else (None, ev.text)
+    return JSONResponse(api.chat_response(rid, name, text, _finish(ev), ev.prompt_tokens, ev.completion_tokens,
+                                          reasoning))
+
+
+def _prompt_tail(model, prompt: list[int], n: int = 4) -> str:
+    """The text of the prompt's last few tokens, special ones included."""
+    tok = model.tokenizer
+    return "".join(tok.token_to_piece(t).decode("utf-8", errors="replace") for t in prompt[-n:])
 
 
 async def completions(request: Request) -> Response:
@@ -225,7 +247,7 @@ async def completions(request: Request) -> Response:
     job, q = _submit(state, prompt, gen)
     rid, name, created = api.new_id("cmpl"), state.model_name, int(time.time())
     if gen.stream:
-        return _stream(job, q, None, lambda text: api.completion_chunk(rid, name, created, text),
+        return _stream(job, q, None, lambda text: [api.completion_chunk(rid, name, created, text)],
                        lambda fin: api.completion_chunk(rid, name, created, "", fin),
                        lambda u: api.completion_chunk(rid, name, created, "", usage_=u), gen.include_usage)
     ev = await _result(request, job, q)

@@ -8,7 +8,8 @@
 Sampling defaults are llama-server's (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05); a request
 sets temperature, top_p, seed, max_tokens (or max_completion_tokens), stop, and the llama.cpp
 extensions top_k, min_p, repeat_penalty, cache_prompt and ignore_eos; presence_penalty and
-frequency_penalty as llama.cpp applies them (over the last 64 tokens). Only n=1.
+frequency_penalty as llama.cpp applies them (over the last 64 tokens). Only n=1. A chat reply's <think>
+block goes to reasoning_content (llama-server's reasoning_format, "none" keeps it in the content).
 """
 from __future__ import annotations
 
@@ -213,11 +214,21 @@ def usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int) -> dict:
+def chat_response(rid: str, model: str, text: str, finish: str, prompt: int, completion: int,
+                  reasoning: str | None = None) -> dict:
+    message = {"role": "assistant", "content": text, **({"reasoning_content": reasoning} if reasoning else {})}
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": usage(prompt, completion)}
+
+
+def reasoning_format(body: dict) -> str:
+    """llama-server's reasoning_format: "none" leaves <think> blocks in the content; "deepseek" and "auto"
+    (the default) move them to reasoning_content."""
+    v = body.get("reasoning_format", "auto")
+    if v not in ("auto", "deepseek", "none"):
+        raise _bad("reasoning_format", f"must be 'auto', 'deepseek' or 'none' (got {v!r})")
+    return v
 
 
 def chat_chunk(rid: str, model: str, created: int, delta: dict, finish: str | None = None,
@@ -243,3 +254,75 @@ def completion_chunk(rid: str, model: str, created: int, text: str, finish: str 
     if usage_ is not None:
         out["usage"] = usage_
     return out
+
+
+OPEN, CLOSE = "<think>", "</think>"
+
+
+class ReasoningSplit:
+    """A chat reply's reasoning apart from its answer, as llama-server's reasoning_format "deepseek" gives
+    them (message.reasoning_content / delta.reasoning_content): a reply that opens with <think> (Qwen3,
+    DeepSeek-R1's distillations), or one whose prompt already opened the block (opened: the template ended
+    its generation prompt with <think>), reasons until </think>, without the newlines at either end; the
+    answer follows, its leading newlines dropped. Any other reply is all content. feed() takes the text as
+    it streams and returns the (field, text) pieces it can tell apart so far, holding back what could still
+    be a tag or the reasoning's last newlines."""
+
+    def __init__(self, opened: bool = False):
+        self.state, self.buf = ("think_start" if opened else "start"), ""
+        self.reasoned = opened                 # a block was opened: the reply has a reasoning part
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        self.buf += text
+        out: list[tuple[str, str]] = []
+        while True:
+            if self.state == "start":
+                head = self.buf.lstrip()
+                if head.startswith(OPEN):
+                    self.state, self.buf, self.reasoned = "think_start", head[len(OPEN):], True
+                    continue
+                if head and not OPEN.startswith(head):      # not a tag: the reply is all content
+                    self.state = "content"
+                    continue
+                return out                                  # blank, or a tag's start so far: wait
+            if self.state in ("think_start", "after"):      # newlines after a tag are dropped
+                self.buf = self.buf.lstrip("\n")
+                if not self.buf:
+                    return out
+                self.state = "think" if self.state == "think_start" else "content"
+                continue
+            if self.state == "think":
+                i = self.buf.find(CLOSE)
+                if i >= 0:
+                    if self.buf[:i].rstrip("\n"):
+                        out.append(("reasoning_content", self.buf[:i].rstrip("\n")))
+                    self.state, self.buf = "after", self.buf[i + len(CLOSE):]
+                    continue
+                # held back: a tag's start at the end, and the newlines before it (the reasoning's end?)
+                keep = next((k for k in range(min(len(CLOSE) - 1, len(self.buf)), 0, -1)
+                             if CLOSE.startswith(self.buf[-k:])), 0)
+                cut = len(self.buf[:len(self.buf) - keep].rstrip("\n"))
+                if cut:
+                    out.append(("reasoning_content", self.buf[:cut]))
+                    self.buf = self.buf[cut:]
+                return out
+            if self.buf:                                    # content
+                out.append(("content", self.buf))
+                self.buf = ""
+            return out
+
+    def finish(self) -> list[tuple[str, str]]:
+        """What is held back, at the end of the reply (an unclosed block's tail is reasoning)."""
+        rest, self.buf = self.buf, ""
+        if self.state == "think" and rest.rstrip("\n"):
+            return [("reasoning_content", rest.rstrip("\n"))]
+        return [("content", rest)] if rest and self.state in ("start", "content") else []
+
+
+def split_reasoning(text: str, opened: bool = False) -> tuple[str | None, str]:
+    """A whole reply's (reasoning, content), as ReasoningSplit streams them; reasoning None where the
+    reply has no reasoning part."""
+    s = ReasoningSplit(opened)
+    parts = s.feed(text) + s.finish()
+    content = "".join(t for f, t in parts if f == "content")
+    return ("".join(t for f, t in parts if f == "reasoning_content") if s.reasoned else None), content

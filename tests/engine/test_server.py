@@ -198,6 +198,7 @@ def test_oversized_body_is_413(server):
     ({"max_tokens": 0}, "max_tokens"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": []}, "messages"), ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
     ({"presence_penalty": 2.5}, "presence_penalty"), ({"frequency_penalty": "x"}, "frequency_penalty"),
+    ({"extra_body": {"reasoning_format": "raw"}}, "reasoning_format"),
 ])
 def test_bad_params_are_400(server, kw, param):
     args = {"model": "m", "messages": CHAT, **kw}
