@@ -11,7 +11,7 @@ import sys
 import re
 
 from engine.errors import CellarError
-from engine.prompting import fit_chat, leading_system, raw_tokens, reply_room
+from engine.prompting import fit_chat, fit_raw, leading_system, raw_tokens, reply_room
 from engine.sampling import Sampler
 
 HELP = ("/help       this list\n"
@@ -76,18 +76,11 @@ def chat_loop(model, args, params) -> int:
             print(f"[unknown command {text.split()[0]}: /help lists them]", file=sys.stderr)
             continue
         if args.raw:
-            new = raw_tokens(model, line, continuing=bool(history))
-            room = reply_room(model.n_ctx, args.n_predict)
-            if len(history) + len(new) + room > model.n_ctx and history:
-                # plain text past the context: its oldest tokens go (the first, BOS or not, stays), down to
-                # a quarter of the context below the limit, as the runtime shifts while it generates
-                keep = max(0, model.n_ctx - room - model.n_ctx // 4 - len(new) - 1)
-                dropped = len(history) - 1 - keep
-                if dropped > 0:
-                    history = history[:1] + history[len(history) - keep:] if keep else history[:1]
-                    print(f"[the text outgrew the context ({model.n_ctx} tokens): its {dropped} oldest tokens "
-                          "left out]", file=sys.stderr)
-            prompt = history + new
+            prompt, dropped = fit_raw(history, raw_tokens(model, line, continuing=bool(history)), model.n_ctx,
+                                      reply_room(model.n_ctx, args.n_predict))
+            if dropped:
+                print(f"[the text outgrew the context ({model.n_ctx} tokens): its {dropped} oldest tokens "
+                      "left out]", file=sys.stderr)
         else:
             messages.append({"role": "user", "content": line})
             try:

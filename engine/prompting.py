@@ -39,6 +39,23 @@ def reply_room(n_ctx: int, max_tokens: int) -> int:
     return quarter if max_tokens <= 0 else min(max_tokens, quarter)
 
 
+def after_shift(n_ctx: int, room: int) -> int:
+    """The most tokens a prompt keeps once some had to go: room for the reply and a further quarter of the
+    context free, so the next turns reuse the cached prefix instead of dropping a little each time."""
+    return n_ctx - room - n_ctx // 4
+
+
+def fit_raw(history: list[int], new: list[int], n_ctx: int, room: int) -> tuple[list[int], int]:
+    """A plain-text continuation (history, then new) that would leave less than `room` tokens of the
+    context: the oldest tokens of history go (its first, BOS or not, stays), down to after_shift.
+    -> (prompt, tokens left out)."""
+    if not history or len(history) + len(new) + room <= n_ctx:
+        return history + new, 0
+    keep = max(0, after_shift(n_ctx, room) - len(new) - 1)
+    dropped = max(0, len(history) - 1 - keep)
+    return history[:1] + history[1 + dropped:] + new, dropped
+
+
 def leading_system(messages: list[dict]) -> int:
     """How many system messages open the conversation (never the last message: that one is answered)."""
     head = 0
@@ -76,7 +93,7 @@ def fit_chat(model, messages: list[dict], *, room: int, left_out: int = 0) -> tu
                          "a larger context")
     # the fewest messages left out that bring the prompt under the target (binary search: the prompt
     # only shrinks as more go); the target frees a further quarter of the context where it can
-    target = max(n_ctx - room - n_ctx // 4, len(last))
+    target = max(after_shift(n_ctx, room), len(last))
     lo, hi, best = 1, len(starts) - 1, (len(starts) - 1, last)
     while lo <= hi:
         mid = (lo + hi) // 2

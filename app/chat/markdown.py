@@ -56,8 +56,10 @@ def reply_markdown(text: str) -> str:
     """What a reply shows: its reasoning, if any, quoted under "Thinking…" (while the block is open) or
     "Thought", then the answer with its [copy] links (numbered over the answer's code blocks: answer_code)."""
     thought, closed, answer = split_reasoning(text)
-    if not thought:                  # no block, or an empty one (thinking turned off): the answer alone
-        return with_copy_links(answer) if (answer or thought is None) else ("*Thinking…*" if not closed else "")
+    if thought is None or (not thought and answer):    # no block, or an empty one (thinking off): the answer
+        return with_copy_links(answer)
+    if not thought:                                    # an empty block so far
+        return "" if closed else "*Thinking…*"
     quoted = "\n".join("> " + line if line.strip() else ">" for line in thought.splitlines())
     return f"*{'Thought' if closed else 'Thinking…'}*\n\n{quoted}\n\n{with_copy_links(answer)}"
 
